@@ -1,0 +1,27 @@
+# Two entry points a newcomer needs: `make test` and `make demo`. Each makes its own .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+
+.PHONY: test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP):
+	$(PY) -m venv $(VENV)
+	# torch first: a bare `torch` requirement could pull a multi-GB CUDA build
+	$(PIP) install -c constraints.txt torch
+	$(PIP) install -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no test: that fails here like any other failure
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench/test_kernels.py --benchmark-only -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

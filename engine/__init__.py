@@ -1,0 +1,1 @@
+"""engine: the two-model decode engine, pipeline and CLI (built on qstar_kernels)."""

@@ -1,0 +1,28 @@
+"""The benchmark entry points run (tiny sizes; the timings themselves are in docs/performance.md)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.naive import naive_kl_bisection
+from qstar_kernels import mix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kernels_bench_prints_table_then_json():
+    r = subprocess.run([sys.executable, "-m", "bench.kernels", "--batch", "2", "--vocab", "500",
+                        "--repeat", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["rows"][0]["B"] == 2 and last["rows"][0]["kl_over_fixed"] > 0
+
+
+def test_naive_baseline_agrees_with_kl_symmetry():
+    g = torch.Generator().manual_seed(0)
+    lp, lt = torch.randn(3, 200, generator=g, dtype=torch.float64), torch.randn(3, 200, generator=g, dtype=torch.float64)
+    logq, stats = naive_kl_bisection(lp, lt)
+    m = mix(lp, lt, "kl_symmetry")
+    assert torch.allclose(logq, m.logq, atol=1e-4)
