@@ -1,16 +1,18 @@
 """qstar_kernels: exact math of the geometric mixture q ∝ pi_theta^a * pi_t^(1-a) and its sampler.
 
-Public ops (other tools import these names): `mix`, `sample`, `Mixture`, `Sampled`, `METHODS`.
+Public ops (other tools import these names): `mix`, `sample`, `step`, `Mixture`, `Sampled`,
+`Step`, `METHODS`.
 `a` / `alpha` is always the weight on pi_theta. Tensors in, tensors out; no models, no I/O.
 """
 from __future__ import annotations
 
 import functools
 
-from .api import BACKENDS, mix, sample
-from .types import METHODS, Mixture, Sampled
+from .api import BACKENDS, mix, sample, step
+from .types import METHODS, Mixture, Sampled, Step
 
-__all__ = ["mix", "sample", "Mixture", "Sampled", "METHODS", "BACKENDS", "triton_available"]
+__all__ = ["mix", "sample", "step", "Mixture", "Sampled", "Step", "METHODS", "BACKENDS",
+           "triton_available"]
 
 
 @functools.cache

@@ -1,8 +1,11 @@
-"""Public ops `mix` and `sample`: validation, then the PyTorch reference or the Triton kernels.
+"""Public ops `mix`, `sample` and `step` (= mix + sample + per-token gathers, one call per decode
+step): validation, then the PyTorch reference, the Triton kernels or the fused CPU kernel.
 
 Backend choice (`backend=` or env QSTAR_BACKEND): "auto" (default) runs Triton for CUDA tensors
-in fp16/bf16/fp32 and the reference otherwise; "torch" forces the reference; "triton" forces
-the kernels (on CPU only under TRITON_INTERPRET=1, which is how the tests run them).
+in fp16/bf16/fp32, the fused C kernel for `step` on CPU fp32/bf16/fp16 when a C compiler is
+available, and the reference otherwise; "torch" forces the reference; "triton" forces the
+kernels (on CPU only under TRITON_INTERPRET=1, which is how the tests run them); "cpu" forces
+the fused C kernel for `step` (`mix` and `sample` have no C path and use the reference).
 Not for: models, caches or I/O (engine/).
 """
 from __future__ import annotations
@@ -14,12 +17,20 @@ import torch
 from . import checks
 from .ref_mix import mix_reference
 from .ref_sample import sample_reference
-from .types import Mixture, Sampled
+from .types import Mixture, Sampled, Step
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 
 
-def _pick_backend(backend: str | None, x: torch.Tensor) -> str:
+def _cpu_available() -> bool:
+    try:
+        from . import cpu_step
+    except ImportError:
+        return False
+    return cpu_step.available()
+
+
+def _pick_backend(backend: str | None, x: torch.Tensor, fused_step: bool = False) -> str:
     backend = backend or os.environ.get("QSTAR_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r} "
@@ -27,7 +38,13 @@ def _pick_backend(backend: str | None, x: torch.Tensor) -> str:
     if backend == "auto":
         from . import triton_available
 
-        return "triton" if x.is_cuda and x.dtype != torch.float64 and triton_available() else "torch"
+        if x.dtype == torch.float64:
+            return "torch"
+        if x.is_cuda:
+            return "triton" if triton_available() else "torch"
+        return "cpu" if fused_step and _cpu_available() else "torch"
+    if backend == "cpu" and (x.is_cuda or not fused_step):
+        return "torch"
     if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                          "importing qstar_kernels to run the kernels on CPU")
@@ -77,3 +94,28 @@ def sample(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0
     else:
         tokens, lpb = sample_reference(logq, *args)
     return Sampled(tokens=tokens, logp_behavior=lpb)
+
+
+def step(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_symmetry", *,
+         alpha=0.5, alpha_min: float = 0.0, alpha_max: float = 1.0, vocab_size: int | None = None,
+         temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, keys=None, positions=None,
+         backend: str | None = None, validate: bool = True) -> Step:
+    """One decode step: `mix` then `sample`, returning only (B,) per-token values (see Step).
+
+    Same arguments and semantics as `mix` and `sample` together; the fused backends never
+    materialise the (B, V) mixture, which is what makes the step cheap.
+    """
+    a = checks.check_mix_args(logits_theta, logits_t, method, alpha, alpha_min, alpha_max,
+                              vocab_size, validate)
+    args = checks.check_sample_args(logits_theta, temperature, top_k, top_p, min_p, seed, keys,
+                                    positions, validate)
+    chosen = _pick_backend(backend, logits_theta, fused_step=True)
+    if chosen == "cpu":
+        from .cpu_step import step_cpu
+
+        return step_cpu(logits_theta, logits_t, method, a, alpha_min, alpha_max, vocab_size, *args)
+    m = mix(logits_theta, logits_t, method, alpha=a, alpha_min=alpha_min, alpha_max=alpha_max,
+            vocab_size=vocab_size, backend=chosen, validate=False)
+    s = sample(m.logq, temperature=args[0], top_k=args[1], top_p=args[2], min_p=args[3],
+               seed=args[4], keys=args[5], positions=args[6], backend=chosen, validate=False)
+    return Step.from_parts(m, s)

@@ -21,12 +21,27 @@ G_MIN = -math.log(-math.log(2.0**-24))
 G_MAX = -math.log(-math.log1p(-(2.0**-24)))
 
 
-def _mulhilo(a: torch.Tensor, c: int):
-    """(hi, lo) 32-bit halves of a * c for int64 a in [0, 2^32) and a 32-bit constant c."""
+def _mulhilo_split(a: torch.Tensor, c: int):
+    """(hi, lo) 32-bit halves of a * c (a in [0, 2^32), c a 32-bit constant), no overflow."""
     ah, al = a >> 16, a & 0xFFFF
     hi = (ah * c + ((al * c) >> 16)) >> 16
     lo = ((((ah * c) & 0xFFFF) << 16) + al * c) & M32
     return hi, lo
+
+
+def _mulhilo_wrap(a: torch.Tensor, c: int):
+    """The same with one multiply: the int64 product wraps to the exact 64-bit bit pattern."""
+    prod = a * c
+    return (prod >> 32) & M32, prod & M32
+
+
+def _wrap_is_exact() -> bool:
+    a = torch.tensor([0xFFFFFFFF, 0x89ABCDEF, 12345], dtype=torch.int64)
+    return all(torch.equal(x, y) for x, y in zip(_mulhilo_wrap(a, ROUND_A), _mulhilo_split(a, ROUND_A)))
+
+
+# 64-bit multiplies wrap on every platform torch supports; the check keeps us honest if not
+_mulhilo = _mulhilo_wrap if _wrap_is_exact() else _mulhilo_split
 
 
 def philox(seed, c0, c1, c2, c3):

@@ -56,3 +56,42 @@ class Sampled:
 
     tokens: torch.Tensor         # (B,) int64
     logp_behavior: torch.Tensor  # (B,) log of the tempered, truncated, renormalised q; 0 if greedy
+
+
+@dataclass
+class Step:
+    """One decode step of the mixture sampler: the drawn token and every per-token record value.
+
+    All (B,). logp_theta / logp_t are the models' log-probs of the token at T = 1 (before any
+    truncation), logq the untruncated mixture's, logp_behavior the distribution really sampled.
+    The rest are the row statistics of Mixture (same names, same meaning).
+    """
+
+    tokens: torch.Tensor
+    logp_theta: torch.Tensor
+    logp_t: torch.Tensor
+    logq: torch.Tensor
+    logp_behavior: torch.Tensor
+    alpha: torch.Tensor
+    log_z: torch.Tensor
+    kl_theta: torch.Tensor
+    kl_t: torch.Tensor
+    ess_theta: torch.Tensor
+    ess_t: torch.Tensor
+    entropy_theta: torch.Tensor
+    entropy_t: torch.Tensor
+    entropy_q: torch.Tensor
+    iters: torch.Tensor
+    residual: torch.Tensor
+    clamped: torch.Tensor
+
+    @staticmethod
+    def from_parts(m: Mixture, s: Sampled) -> "Step":
+        tok = s.tokens[:, None]
+        stats = m.row_stats()
+        stats.pop("ess_ratio")
+        return Step(tokens=s.tokens, logp_theta=m.logp_theta.gather(1, tok).squeeze(1),
+                    logp_t=m.logp_t.gather(1, tok).squeeze(1), logq=m.logq.gather(1, tok).squeeze(1),
+                    logp_behavior=s.logp_behavior, **stats)
+
+    ess_ratio = Mixture.ess_ratio

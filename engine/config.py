@@ -1,0 +1,88 @@
+"""Validated configuration dataclasses of the engine (the CLI maps flags onto these).
+
+Not for: defaults of the pipeline (datasets, records) — those live with the pipeline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from qstar_kernels import BACKENDS, METHODS
+
+
+@dataclass
+class MixtureConfig:
+    alpha_method: str = "kl_symmetry"  # fixed | entropy | kl_symmetry | ess_balance | reverse_kl_symmetry
+    alpha: float = 0.5                 # weight on pi_theta for alpha_method="fixed"
+    alpha_min: float = 0.0             # clamp applied after solving
+    alpha_max: float = 1.0
+
+    def __post_init__(self):
+        if self.alpha_method not in METHODS:
+            raise ValueError(f"alpha_method must be one of {METHODS}, got {self.alpha_method!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1] (the weight on pi_theta), got {self.alpha!r}")
+        if not 0.0 <= self.alpha_min <= self.alpha_max <= 1.0:
+            raise ValueError(f"need 0 <= alpha_min <= alpha_max <= 1, got {self.alpha_min!r}, {self.alpha_max!r}")
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 100    # response tokens at most (finish_reason "length")
+    temperature: float = 1.0     # 0 = greedy
+    top_k: int = 0               # 0 = off
+    top_p: float = 1.0           # 1 = off
+    min_p: float = 0.0           # 0 = off
+    seed: int = 0                # with the sample key and position, fixes every draw
+    n: int = 1                   # samples per prompt (sharing one prefill)
+    ignore_eos: bool = False     # True: only max_new_tokens / stop strings end a sample
+    stop: list[str] = field(default_factory=list)  # stop strings (the text is cut before them)
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        checks = [
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an int >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, "top_p must lie in (0, 1] (1 = off)"),
+            (0 <= self.min_p <= 1, "min_p must lie in [0, 1] (0 = off)"),
+            (isinstance(self.n, int) and self.n >= 1, "n must be an int >= 1"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{msg}; got {self}")
+
+
+@dataclass
+class EngineConfig:
+    max_batch_size: int = 8          # decode rows at once (continuous batching refills them)
+    device: str | None = None        # default: cuda if available else cpu
+    dtype: str | None = None         # default: bfloat16 on cuda, float32 on cpu
+    threads: int | None = None       # torch.set_num_threads on CPU (None: leave as is)
+    kernels_backend: str = "auto"    # qstar_kernels backend: auto | torch | triton | cpu
+    cuda_graphs: bool = True         # capture decode steps on CUDA (ignored on CPU)
+    force_row_model: bool = False    # run both models on the generic per-row HF path
+
+    def __post_init__(self):
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an int >= 1, got {self.max_batch_size!r}")
+        if self.kernels_backend not in BACKENDS:
+            raise ValueError(f"kernels_backend must be one of {BACKENDS}, got {self.kernels_backend!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but no CUDA device is visible; use device='cpu'")
+        if self.dtype is None:
+            self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
