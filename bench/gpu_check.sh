@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: run from the checkout on a CUDA machine (no network, installs nothing), < 10 min.
 #   OUT=/path/for/details bash bench/gpu_check.sh [--quick]
-# Correctness of the Triton kernels on CUDA first, then timings; a table, then one JSON line.
+# Kernels: Triton vs reference on CUDA, then timings. Engine: correctness on a small fp32 pair,
+# then a random ~1B bf16 pair at batch 1/32/128 vs HF generate. Each prints a table, then JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -11,4 +12,7 @@ unset TRITON_INTERPRET
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout 540 python -m bench.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+rc=0
+timeout 300 python -m bench.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log" || rc=1
+timeout 240 python -m bench.gpu_engine --out "$OUT" 2>&1 | tee "$OUT/gpu_engine.log" || rc=1
+exit $rc

@@ -26,3 +26,11 @@ def test_naive_baseline_agrees_with_kl_symmetry():
     logq, stats = naive_kl_bisection(lp, lt)
     m = mix(lp, lt, "kl_symmetry")
     assert torch.allclose(logq, m.logq, atol=1e-4)
+
+
+def test_gpu_engine_script_runs_on_cpu_small():
+    r = subprocess.run([sys.executable, "-m", "bench.gpu_engine", "--device", "cpu", "--small", "--out",
+                        str(ROOT / ".bench-smoke")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["correct"] and len(last["rows"]) == 2
