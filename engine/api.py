@@ -19,6 +19,12 @@ from .outputs import SampleOutput
 from .prompts import PromptError, render
 
 
+def _ids(tokenizer, prompt, chat_template, system_prompt) -> list[int]:
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)  # already token ids
+    return render(tokenizer, prompt, chat_template=chat_template, system_prompt=system_prompt)
+
+
 def _max_positions(model) -> int:
     cfg = model.config
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1 << 20)
@@ -36,14 +42,16 @@ class OptimalSamplingModel:
                  top_p: float = 1.0, seed: int = 0, prompts_t=None, n: int = 1, ignore_eos: bool = False,
                  chat_template: bool | tuple[bool, bool] = True, stop=None, min_p: float = 0.0,
                  system_prompt: str | None = None, keys: list[int] | None = None,
-                 progress=None) -> list[SampleOutput]:
+                 progress=None, should_stop=None) -> list[SampleOutput]:
         """Sample n responses per prompt; returns len(prompts) * n outputs, prompt-major.
 
         prompts / prompts_t: strings or OpenAI message lists; prompts_t (default: prompts) is
         what pi_t sees — e.g. the problem plus a reference solution. chat_template: apply the
-        tokenizer's chat template (a (theta, t) pair sets it per side). keys: one RNG key per
-        prompt (default: the prompt's index); sample j of prompt i draws with key
-        (keys[i] << 20) + j, so a sample's tokens depend only on (seed, key, position).
+        tokenizer's chat template (a (theta, t) pair sets it per side); a prompt given as a list
+        of token ids is used as it is. keys: one int64 RNG key per output (flat, prompt-major,
+        len(prompts) * n; default: (i << 20) + j for sample j of prompt i) — a sample's tokens
+        depend only on (seed, key, position). should_stop: polled every step; once true no new
+        request starts (the running ones finish) and the unstarted ones are not returned.
         A prompt that cannot be used becomes an output with finish_reason "error".
         """
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
@@ -54,24 +62,25 @@ class OptimalSamplingModel:
         prompts_t = prompts if prompts_t is None else prompts_t
         if len(prompts_t) != len(prompts):
             raise ValueError(f"prompts_t has {len(prompts_t)} entries but prompts has {len(prompts)}")
-        if keys is not None and len(keys) != len(prompts):
-            raise ValueError(f"keys has {len(keys)} entries but prompts has {len(prompts)}")
+        if keys is not None and len(keys) != len(prompts) * n:
+            raise ValueError(f"keys needs one entry per output (len(prompts) * n = {len(prompts) * n}), "
+                             f"got {len(keys)}")
         ct_theta, ct_t = chat_template if isinstance(chat_template, tuple) else (chat_template, chat_template)
         requests = []
         for i, (p_theta, p_t) in enumerate(zip(prompts, prompts_t)):
             ids_theta, ids_t, err = [], [], None
             try:
-                ids_theta = render(self.tokenizer, p_theta, chat_template=ct_theta, system_prompt=system_prompt)
-                ids_t = render(self.tokenizer, p_t, chat_template=ct_t, system_prompt=system_prompt)
+                ids_theta = _ids(self.tokenizer, p_theta, ct_theta, system_prompt)
+                ids_t = _ids(self.tokenizer, p_t, ct_t, system_prompt)
             except PromptError as e:
                 err = str(e)
-            base = i if keys is None else int(keys[i])
             for j in range(n):
+                key = (i << 20) + j if keys is None else int(keys[len(requests)])
                 requests.append(Request(index=len(requests), group=i, ids_theta=ids_theta, ids_t=ids_t,
-                                        key=(base << 20) + j, prompt_index=i, sample_index=j, error=err))
+                                        key=key, prompt_index=i, sample_index=j, error=err))
         if self.engine_cfg.threads:
             torch.set_num_threads(self.engine_cfg.threads)
-        return self.engine.run(requests, params, progress=progress)
+        return self.engine.run(requests, params, progress=progress, should_stop=should_stop)
 
 
 def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_symmetry", alpha: float = 0.5,

@@ -148,7 +148,9 @@ class Engine:
         return out
 
     # ---- the loop ----------------------------------------------------------------------
-    def run(self, requests: list[Request], params: SamplingParams, progress=None) -> list[SampleOutput]:
+    def run(self, requests: list[Request], params: SamplingParams, progress=None,
+            should_stop=None) -> list[SampleOutput]:
+        """Outputs in request order; with should_stop, unstarted requests are left out (None)."""
         results: list[SampleOutput | None] = [None] * len(requests)
         queue = deque(requests)
         remaining: dict[int, int] = {}
@@ -170,6 +172,8 @@ class Engine:
         stop_window = 2 + max((len(s) for s in params.stop), default=0)
         m = self.mixture
         while queue or active:
+            if should_stop is not None and queue and should_stop():
+                queue.clear()  # stop admitting; the running rows finish
             while free and queue:
                 req = queue.popleft()
                 err = self._admit_error(req, params)

@@ -55,3 +55,18 @@ def edge_cases(V=64, dtype=torch.float64):
 @pytest.fixture
 def lm_pair():
     return lm_logits
+
+
+@pytest.fixture(scope="session")
+def pair_dirs(tmp_path_factory):
+    """A tiny (model_theta, model_t) pair saved as HF model dirs, for CLI tests."""
+    import tiny
+
+    root = tmp_path_factory.mktemp("models")
+    tok = tiny.tokenizer()
+    out = []
+    for name, seed in (("theta", 1), ("t", 2)):
+        tiny.model(seed=seed).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out.append(str(root / name))
+    return out

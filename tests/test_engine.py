@@ -93,7 +93,7 @@ def test_first_token_chi_square(models, method, kw):
 def test_same_tokens_alone_or_in_a_busy_continuous_batch(models):
     qm = make(models, alpha_method="kl_symmetry", max_batch_size=2)
     alone = qm.generate([PROMPTS[2]], keys=[77], max_new_tokens=12, seed=3, ignore_eos=True)[0]
-    busy = qm.generate(PROMPTS + [PROMPTS[2]] + PROMPTS, keys=[1, 2, 3, 77, 4, 5, 6], max_new_tokens=12,
+    busy = qm.generate(PROMPTS + [PROMPTS[2]] + PROMPTS, keys=[1, 2, 3, 77, 4, 5, -6], max_new_tokens=12,
                        seed=3, ignore_eos=True)
     assert busy[3].token_ids == alone.token_ids
     assert busy[3].alpha == pytest.approx(alone.alpha, abs=1e-6)

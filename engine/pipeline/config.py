@@ -1,0 +1,108 @@
+"""Every `qstar generate` option, once: the CLI flags, the --config file keys and the run
+manifest all come from GenerateConfig's fields (and their `help` metadata).
+
+Not for: engine internals (engine.config holds those; to_engine() maps onto them).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from qstar_kernels import METHODS
+
+LONG_PROMPT = ("skip", "truncate-left", "error")
+FORMATS = ("jsonl", "parquet")
+
+
+def opt(default, help: str, group: str = "run", hashed: bool = True, choices=None, flag_type=None):
+    """A field with CLI/config metadata. hashed: part of the config hash (changes what is sampled)."""
+    meta = dict(help=help, group=group, hashed=hashed, choices=choices, flag_type=flag_type)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class GenerateConfig:
+    # models
+    model_theta: str = opt(None, "policy pi_theta: HF model dir, hub name or .gguf file", "models")
+    model_t: str = opt(None, "teacher/target pi_t (must share pi_theta's tokenizer)", "models")
+    # data
+    dataset: str = opt(None, "HF hub dataset, local dataset dir, or a .jsonl/.json/.parquet/.csv file", "data")
+    split: str = opt("train", "dataset split", "data")
+    subset: str | None = opt(None, "dataset configuration (subset) name", "data")
+    num_samples: int | None = opt(None, "use the first N rows of the dataset (default: all)", "data", hashed=False)
+    prompt_field: str | None = opt(None, "column holding the prompt (default: auto-detect messages, prompt, "
+                                   "question, problem, instruction(+input), query)", "data")
+    id_field: str | None = opt(None, "column holding each row's id (default: id/sample_id/uid if present, "
+                               "else the row index)", "data")
+    theta_template: str | None = opt(None, "pi_theta's prompt as a format string over row fields, e.g. '{problem}'",
+                                     "data")
+    t_template: str | None = opt(None, "pi_t's prompt as a format string, e.g. "
+                                 "'{problem}\\n\\nReference solution: {solution}' (default: pi_theta's)", "data")
+    system_prompt: str | None = opt(None, "system prompt for both sides", "data")
+    no_chat_template: bool = opt(False, "do not apply the tokenizer's chat template (both sides)", "data")
+    no_chat_template_theta: bool = opt(False, "no chat template for pi_theta's prompt only", "data")
+    no_chat_template_t: bool = opt(False, "no chat template for pi_t's prompt only", "data")
+    adapter: str | None = opt(None, "custom row adapter 'module:function'; function(row) returns a prompt "
+                              "(string or messages) or {'prompt_theta': ..., 'prompt_t': ...}", "data")
+    on_long_prompt: str = opt("skip", "a prompt longer than a model's context: skip the row, truncate-left "
+                              "(keep its end), or error (stop the run)", "data", choices=LONG_PROMPT)
+    # mixture
+    alpha_method: str = opt("kl_symmetry", "how alpha (the weight on pi_theta) is chosen per token", "mixture",
+                            choices=METHODS)
+    alpha: float = opt(0.5, "alpha for --alpha-method fixed (1 = pi_theta only, 0 = pi_t only)", "mixture")
+    alpha_min: float = opt(0.0, "clamp alpha from below after solving", "mixture")
+    alpha_max: float = opt(1.0, "clamp alpha from above after solving", "mixture")
+    # sampling
+    n: int = opt(1, "samples per prompt (they share one prefill)", "sampling")
+    max_new_tokens: int = opt(512, "response tokens at most", "sampling")
+    temperature: float = opt(1.0, "temperature on q (0 = greedy)", "sampling")
+    top_k: int = opt(0, "top-k on q after alpha is solved (0 = off)", "sampling")
+    top_p: float = opt(1.0, "top-p (nucleus) on q after alpha is solved (1 = off)", "sampling")
+    min_p: float = opt(0.0, "min-p on q (0 = off)", "sampling")
+    stop: list[str] = opt([], "stop string (repeatable); the response text is cut before it", "sampling",
+                          flag_type="append")
+    ignore_eos: bool = opt(False, "do not stop at EOS (only max tokens / stop strings end a sample)", "sampling")
+    seed: int = opt(0, "sampling seed: with (sample_id, n) it fixes every draw, across resumes", "sampling")
+    # output
+    output: str = opt(None, "output JSONL path (the checkpoint); diagnostics go to <stem>.diagnostics.jsonl",
+                      "output")
+    format: str = opt("jsonl", "also write <stem>.parquet at the end with --format parquet", "output",
+                      hashed=False, choices=FORMATS)
+    save_token_stats: bool = opt(False, "store per-token arrays (token_ids, alpha, logp_*, kl_*, ess_*) in "
+                                 "records and diagnostics", "output")
+    save_diagnostics: bool = opt(True, "write <stem>.diagnostics.jsonl (per-sample means, sequence log-weights)",
+                                 "output", hashed=False)
+    overwrite: bool = opt(False, "delete an existing output and start over (default: resume it)", "output",
+                          hashed=False)
+    # execution (never part of the config hash)
+    batch_size: int = opt(8, "rows decoded at once (continuous batching)", "execution", hashed=False)
+    device: str | None = opt(None, "cpu or cuda (default: cuda if available)", "execution", hashed=False)
+    dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: bfloat16 on cuda, float32 on cpu)",
+                            "execution", hashed=False)
+    threads: int | None = opt(None, "torch CPU threads (1 can beat 2 under load)", "execution", hashed=False)
+    backend: str = opt("hf", "model backend", "execution", hashed=False, choices=("hf",))
+    quiet: bool = opt(False, "no progress line", "execution", hashed=False)
+
+    def __post_init__(self):
+        for name in ("model_theta", "model_t", "dataset", "output"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name.replace('_', '-')} is required")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        for f in fields(self):
+            ch = f.metadata.get("choices")
+            if ch and getattr(self, f.name) not in ch:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be one of {', '.join(ch)}, "
+                                 f"got {getattr(self, f.name)!r}")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def hashed(self) -> dict:
+        """The keys that change what is sampled (the resume guard)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hashed", True)}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
