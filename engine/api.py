@@ -10,6 +10,8 @@ Not for: datasets and records (the pipeline), model internals (slot_model.py).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .config import EngineConfig, MixtureConfig, SamplingParams
@@ -102,7 +104,10 @@ def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_
         torch.set_num_threads(cfg.threads)
     dev = torch.device(cfg.device)
     m_theta, tok_theta, name_theta = load_model(model_theta, dev, cfg.torch_dtype)
-    m_t, tok_t, name_t = load_model(model_t, dev, cfg.torch_dtype)
+    if isinstance(model_t, (str, os.PathLike)) and str(model_t) == str(model_theta):
+        m_t, tok_t, name_t = m_theta, tok_theta, name_theta  # one model, two views: share the weights
+    else:
+        m_t, tok_t, name_t = load_model(model_t, dev, cfg.torch_dtype)
     tok_theta = tok_theta or tokenizer or tok_t
     tok_t = tok_t or tokenizer or tok_theta
     if tok_theta is None:
