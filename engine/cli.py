@@ -89,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version="qstar 0.1.0")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
+    from .analysis.cli import add_parsers
+
+    add_parsers(sub)
     return ap
 
 
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     if ns.command == "generate":
         return _run_generate(ns)
+    if ns.command in ("analyze", "report"):
+        from .analysis import cli as analysis_cli
+
+        return analysis_cli.run(ns)
     ap.print_help()
     return 0
 

@@ -1,0 +1,175 @@
+"""PNG plots of one or more runs (matplotlib, Agg backend: no display needed).
+
+Each plot overlays every run given, so the same function draws one run (the report) or a
+method comparison (analyze with several files). `alpha` is the weight on pi_theta.
+Not for: computing statistics (stats.py) or where the PNG bytes go (cli.py writes files,
+report.py embeds them).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from . import stats
+
+ESS_CLIP = 3.0          # ESS ratios above this are drawn in the last bin (the ratio is unbounded)
+MAX_SCATTER = 20_000    # points per run in the KL scatter (an even subsample beyond)
+PLOT_NAMES = ("alpha_hist", "alpha_vs_position", "kl_scatter", "ess_ratio_hist", "seq_logw_hist",
+              "method_comparison")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # never a GUI backend: analyze runs on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a run with no finite values draws nothing to label
+        ax.legend(fontsize=8)
+
+
+def _values(lines, key: str) -> tuple[np.ndarray, str]:
+    """Finite per-token values when the run has arrays, else finite per-sample means."""
+    if lines and all(stats.has_token_arrays(d) for d in lines):
+        x, level = stats.token_values(lines, key), "token"
+    else:
+        x, level = stats.sample_values(lines, key + "_mean"), "sample mean"
+    return x[np.isfinite(x)], level
+
+
+def alpha_hist(runs, th: stats.Thresholds) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, lines in runs:
+        x, level = _values(lines, "alpha")
+        if not x.size:
+            continue
+        ax.hist(x, bins=np.linspace(0, 1, 41), histtype="step", density=True, lw=1.5, label=f"{name} ({level})")
+    ax.axvspan(th.alpha_low, th.alpha_high, color="green", alpha=0.08, label="check band")
+    ax.set(xlabel="alpha (weight on π_θ)", ylabel="density", title="alpha")
+    _legend(ax)
+    return _png(fig)
+
+
+def alpha_vs_position(runs) -> bytes | None:
+    """Mean alpha per response position with a 10–90% band; None when no run has arrays."""
+    with_arrays = [(n, ls) for n, ls in runs if ls and all(isinstance(d.get("alpha"), list) for d in ls)]
+    if not with_arrays:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, lines in with_arrays:
+        width = max(len(d["alpha"]) for d in lines)
+        grid = np.full((len(lines), width), np.nan)
+        for i, d in enumerate(lines):
+            grid[i, :len(d["alpha"])] = stats.as_array(d["alpha"])
+        seen = np.isfinite(grid).any(axis=0)
+        pos = np.arange(width)[seen]
+        g = grid[:, seen]
+        line, = ax.plot(pos, np.nanmean(g, axis=0), label=name)
+        ax.fill_between(pos, np.nanquantile(g, 0.1, axis=0), np.nanquantile(g, 0.9, axis=0),
+                        color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="response position (token)", ylabel="alpha", title="alpha vs position (mean, 10–90%)")
+    _legend(ax)
+    return _png(fig)
+
+
+def kl_scatter(runs) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    hi = 0.0
+    for name, lines in runs:
+        token = bool(lines) and all(stats.has_token_arrays(d) for d in lines)
+        get = stats.token_values if token else (lambda ls, k: stats.sample_values(ls, k + "_mean"))
+        a, b = get(lines, "kl_theta"), get(lines, "kl_t")
+        ok = np.isfinite(a) & np.isfinite(b)
+        a, b = a[ok], b[ok]
+        if a.size > MAX_SCATTER:
+            idx = np.linspace(0, a.size - 1, MAX_SCATTER).astype(int)
+            a, b = a[idx], b[idx]
+        ax.scatter(a, b, s=6, alpha=0.4, label=f"{name} ({'token' if token else 'sample mean'})")
+        hi = max(hi, float(a.max(initial=0)), float(b.max(initial=0)))
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="KL(q‖π_θ) = KL(q‖π_t)")
+    ax.set(xlabel="KL(q‖π_θ)", ylabel="KL(q‖π_t)", title="KL to each model")
+    _legend(ax)
+    return _png(fig)
+
+
+def ess_ratio_hist(runs, th: stats.Thresholds) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, lines in runs:
+        x, level = _values(lines, "ess_ratio")
+        if not x.size:
+            continue
+        ax.hist(np.clip(x, 0, ESS_CLIP), bins=np.linspace(0, ESS_CLIP, 61), histtype="step", density=True, lw=1.5,
+                label=f"{name} ({level})")
+    ax.axvspan(th.ess_low, th.ess_high, color="green", alpha=0.08, label="check band")
+    ax.set(xlabel=f"ESS_θ / ESS_t (values > {ESS_CLIP:g} drawn at {ESS_CLIP:g})", ylabel="density",
+           title="ESS ratio")
+    _legend(ax)
+    return _png(fig)
+
+
+def seq_logw_hist(runs) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, lines in runs:
+        x = stats.sample_values(lines, "seq_logw_theta")
+        if np.isfinite(x).any():
+            ax.hist(x[np.isfinite(x)], bins=30, histtype="step", lw=1.5, label=name)
+    ax.set(xlabel="Σ (logp_theta − logp_behavior) per sample", ylabel="samples",
+           title="sequence log importance weights (π_θ / behaviour)")
+    _legend(ax)
+    return _png(fig)
+
+
+def method_comparison(summaries: list[stats.RunSummary]) -> bytes:
+    """Grouped bars: each check's pass rate per run, hatched where the method passes it by construction."""
+    plt = _plt()
+    keys = ("ess_ratio", "kl_gap", "alpha", "all")
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(summaries) + 3), 4))
+    width = 0.8 / max(len(summaries), 1)
+    x = np.arange(len(keys))
+    for i, s in enumerate(summaries):
+        rates = [s.checks[k]["pass_rate"] or 0.0 for k in keys]
+        bars = ax.bar(x + i * width, rates, width, label=f"{s.name} ({s.alpha_method})")
+        for k, bar in zip(keys, bars):
+            if k in s.by_construction:
+                bar.set_hatch("//")
+    ax.set_xticks(x + width * (len(summaries) - 1) / 2, ["ESS ratio", "KL gap", "alpha band", "all three"])
+    ax.set(ylim=(0, 1.05), ylabel="pass rate", title="condition checks by run (hatched: holds by construction)")
+    _legend(ax)
+    return _png(fig)
+
+
+def make_all(runs: list[tuple[str, list[dict]]], summaries: list[stats.RunSummary],
+             th: stats.Thresholds) -> tuple[dict[str, bytes], dict[str, str]]:
+    """(name -> PNG bytes, name -> why it was skipped) for every plot in PLOT_NAMES."""
+    pngs, skipped = {"alpha_hist": alpha_hist(runs, th)}, {}
+    pos = alpha_vs_position(runs)
+    if pos is None:
+        skipped["alpha_vs_position"] = ("no per-token arrays in the diagnostics: rerun generate with "
+                                        "--save-token-stats to plot alpha against position")
+    else:
+        pngs["alpha_vs_position"] = pos
+        for name, lines in runs:
+            if not (lines and all(isinstance(d.get("alpha"), list) for d in lines)):
+                skipped[f"alpha_vs_position[{name}]"] = "this run has no per-token arrays (--save-token-stats)"
+    pngs["kl_scatter"] = kl_scatter(runs)
+    pngs["ess_ratio_hist"] = ess_ratio_hist(runs, th)
+    pngs["seq_logw_hist"] = seq_logw_hist(runs)
+    pngs["method_comparison"] = method_comparison(summaries)
+    return pngs, skipped
