@@ -89,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version="qstar 0.1.0")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
+    sub.add_parser("demo", help="the whole job on SmolLM2-135M (teacher sees the solution); see `qstar demo --help`")
     from .analysis.cli import add_parsers
 
     add_parsers(sub)
@@ -119,6 +120,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # its own flags: `qstar demo --help`
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     ap = parser()
     ns = ap.parse_args(argv)
     if ns.command == "generate":

@@ -78,6 +78,7 @@ def main(argv=None) -> int:
                          output=str(run), theta_template="{question}", t_template=T_TEMPLATE,
                          alpha_method="kl_symmetry", max_new_tokens=args.max_new_tokens, seed=args.seed,
                          batch_size=8, threads=args.threads, save_token_stats=True, overwrite=args.overwrite)
+    before = _tokens(run) if run.exists() and not args.overwrite else 0
     t1 = time.perf_counter()
     code = run_generate(cfg)
     gen_s = time.perf_counter() - t1
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
         return code
     recs = [json.loads(x) for x in run.read_text().splitlines()]
     tokens = sum(r["num_tokens"] for r in recs)
+    speed = (f"{(tokens - before) / gen_s:.1f} (generation incl. prefill)" if tokens > before
+             else "n/a (the run was already complete; --overwrite to sample again)")
     alphas = [a for r in recs for a in r["alpha"] if a is not None]
     kls = [k for r in recs for k in r["kl_theta"] if k is not None]
     results = dict(records=str(run), diagnostics=str(run.with_suffix(".diagnostics.jsonl")))
@@ -93,9 +96,14 @@ def main(argv=None) -> int:
     for k, v in results.items():
         print(f"[demo] {k}: {v}")
     print(f"[demo] samples: {len(recs)}  tokens: {tokens}  mean alpha: {sum(alphas) / len(alphas):.4f}  "
-          f"mean KL(q||pi_theta) = KL(q||pi_t): {sum(kls) / len(kls):.4f}  tokens/s: {tokens / gen_s:.1f} "
-          "(this run, including resumed work)")
+          f"mean KL(q||pi_theta) = KL(q||pi_t): {sum(kls) / len(kls):.4f}  tokens/s: {speed}")
     return 0
+
+
+def _tokens(run: Path) -> int:
+    from .pipeline.store import repair
+
+    return sum(r.get("num_tokens", 0) for r in repair(run))
 
 
 def _analysis(run: Path, out: Path) -> dict:
