@@ -1,0 +1,89 @@
+"""CPU timings of one decode `step` (mix + sample + gathers): reference (torch) vs fused C (cpu).
+
+    python -m bench.step [--batch 1 8] [--vocab 49152 151936] [--threads 1] [--repeat 7]
+
+Methods fixed / kl_symmetry / ess_balance, two logit regimes: "uniform" (a random tiny model:
+randn * 0.05, every token within a few nats of the max, so the Gumbel race touches the whole
+vocabulary) and "lm" (bench.kernels.lm_like, LM-scale correlated logits). Prints a table, then
+one JSON line (ratios measured in this run, nothing hard-coded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics as st
+import time
+
+import torch
+
+from bench.kernels import lm_like
+from qstar_kernels import step
+
+METHODS = ("fixed", "kl_symmetry", "ess_balance")
+BACKENDS = ("torch", "cpu")
+
+
+def logits(regime, B, V, seed=0):
+    if regime == "uniform":
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(B, V, generator=g) * 0.05, torch.randn(B, V, generator=g) * 0.05
+    return lm_like(B, V, seed)
+
+
+def timed(fn, repeat):
+    fn()  # warm-up (and the one-off build of the C kernel)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return st.median(times) * 1e3, out
+
+
+def run(batches, vocabs, regimes, repeat):
+    rows = []
+    for regime in regimes:
+        for V in vocabs:
+            for B in batches:
+                lp, lt = logits(regime, B, V)
+                kw = dict(keys=torch.arange(B), positions=torch.full((B,), 3), seed=1,
+                          validate=False)
+                row = dict(regime=regime, B=B, V=V)
+                for be in BACKENDS:
+                    for m in METHODS:
+                        ms, out = timed(lambda: step(lp, lt, m, backend=be, **kw), repeat)
+                        row[f"{be}_{m}_ms"] = round(ms, 3)
+                        if m == "kl_symmetry":
+                            row[f"{be}_kl_iters_max"] = int(out.iters.max())
+                    kl, fixed = row[f"{be}_kl_symmetry_ms"], row[f"{be}_fixed_ms"]
+                    row[f"{be}_kl_over_fixed"] = round(kl / fixed, 3)
+                    row[f"{be}_kl_minus_fixed_ms"] = round(kl - fixed, 3)
+                row["speedup_fixed"] = round(row["torch_fixed_ms"] / row["cpu_fixed_ms"], 2)
+                row["speedup_kl"] = round(row["torch_kl_symmetry_ms"] / row["cpu_kl_symmetry_ms"], 2)
+                rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--vocab", type=int, nargs="+", default=[49152, 151936])
+    ap.add_argument("--regime", nargs="+", default=["uniform", "lm"], choices=["uniform", "lm"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (the C kernel uses as many)")
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = run(args.batch, args.vocab, args.regime, args.repeat)
+    cols = ["regime", "B", "V"] + [f"{be}_{m}_ms" for be in BACKENDS for m in METHODS] + [
+        "torch_kl_over_fixed", "cpu_kl_over_fixed", "cpu_kl_minus_fixed_ms", "cpu_kl_iters_max",
+        "speedup_fixed", "speedup_kl"]
+    short = {c: c.replace("_symmetry", "").replace("_balance", "").replace("_ms", "") for c in cols}
+    print(" ".join(f"{short[c]:>14}" for c in cols))
+    for r in rows:
+        print(" ".join(f"{r[c]:>14}" for c in cols))
+    print(json.dumps(dict(bench="step_cpu", threads=args.threads, rows=rows)))
+
+
+if __name__ == "__main__":
+    main()
