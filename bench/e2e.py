@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics as st
 import time
 from pathlib import Path
 
 import torch
+
+from bench.table import report
 
 QUESTIONS = [
     "A farmer has 17 sheep and buys 5 more. How many sheep does he have?",
@@ -137,10 +138,7 @@ def main(argv=None):
         m = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32).eval()
         rows += bench_pair("smollm2-135m", m, m, tok, args.batch, args.new_tokens, args.repeat, args.backend)
     cols = ["pair", "B", "limit_tok_s", "fixed_tok_s", "kl_tok_s", "ratio_to_limit", "kl_over_fixed"]
-    print(" ".join(f"{c:>18}" for c in cols))
-    for r in rows:
-        print(" ".join(f"{r[c]:>18}" for c in cols))
-    print(json.dumps(dict(bench="e2e_cpu", threads=args.threads, rows=rows)))
+    report("e2e_cpu", rows, cols, width=18, threads=args.threads)
 
 
 if __name__ == "__main__":

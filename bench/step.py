@@ -10,13 +10,11 @@ one JSON line (ratios measured in this run, nothing hard-coded).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics as st
-import time
 
 import torch
 
-from bench.kernels import lm_like
+from bench.kernels import lm_like, timed
+from bench.table import report
 from qstar_kernels import step
 
 METHODS = ("fixed", "kl_symmetry", "ess_balance")
@@ -28,16 +26,6 @@ def logits(regime, B, V, seed=0):
         g = torch.Generator().manual_seed(seed)
         return torch.randn(B, V, generator=g) * 0.05, torch.randn(B, V, generator=g) * 0.05
     return lm_like(B, V, seed)
-
-
-def timed(fn, repeat):
-    fn()  # warm-up (and the one-off build of the C kernel)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return st.median(times) * 1e3, out
 
 
 def run(batches, vocabs, regimes, repeat):
@@ -79,10 +67,7 @@ def main(argv=None):
         "torch_kl_over_fixed", "cpu_kl_over_fixed", "cpu_kl_minus_fixed_ms", "cpu_kl_iters_max",
         "speedup_fixed", "speedup_kl"]
     short = {c: c.replace("_symmetry", "").replace("_balance", "").replace("_ms", "") for c in cols}
-    print(" ".join(f"{short[c]:>14}" for c in cols))
-    for r in rows:
-        print(" ".join(f"{r[c]:>14}" for c in cols))
-    print(json.dumps(dict(bench="step_cpu", threads=args.threads, rows=rows)))
+    report("step_cpu", rows, cols, headers=short, threads=args.threads)
 
 
 if __name__ == "__main__":
