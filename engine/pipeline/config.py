@@ -81,8 +81,18 @@ class GenerateConfig:
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: bfloat16 on cuda, float32 on cpu)",
                             "execution", hashed=False)
     threads: int | None = opt(None, "torch CPU threads (1 can beat 2 under load)", "execution", hashed=False)
-    backend: str = opt("hf", "model backend", "execution", hashed=False, choices=("hf",))
+    backend: str = opt("hf", "model backend: hf, or vllm (both models in one vLLM engine; docs/vllm.md)",
+                       "execution", hashed=False, choices=("hf", "vllm"))
     quiet: bool = opt(False, "no progress line", "execution", hashed=False)
+    ray: str | None = opt(None, "run the engine as Ray replicas: a cluster ADDRESS (host:port or ray://...), "
+                          "auto (the running cluster) or local (start Ray here); this process still writes "
+                          "the output (needs pip install 'qstar[ray]')", "execution", hashed=False)
+    num_workers: int = opt(1, "with --ray: engine replicas, each holding both models", "execution", hashed=False)
+    gpus_per_worker: float | None = opt(None, "with --ray: GPUs per replica, may be fractional (default: 1 when "
+                                        "the cluster has GPUs and --device is not cpu, else 0)", "execution",
+                                        hashed=False)
+    chunk_size: int | None = opt(None, "with --ray: requests sent to a replica at once; at most 2 chunks per "
+                                 "replica are in flight (default: 4 x --batch-size)", "execution", hashed=False)
 
     def __post_init__(self):
         for name in ("model_theta", "model_t", "dataset", "output"):
@@ -99,6 +109,24 @@ class GenerateConfig:
             raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        if self.ray is not None and not str(self.ray).strip():
+            raise ValueError("--ray needs a value: a cluster address (host:port), auto or local")
+        if self.num_workers < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.ray is None:
+            given = [f for f, v in (("--num-workers", self.num_workers != 1),
+                                    ("--gpus-per-worker", self.gpus_per_worker is not None),
+                                    ("--chunk-size", self.chunk_size is not None)) if v]
+            if given:
+                raise ValueError(f"{', '.join(given)} only with --ray: add --ray local (this machine), "
+                                 "--ray auto or --ray ADDRESS")
 
     def hashed(self) -> dict:
         """The keys that change what is sampled (the resume guard)."""

@@ -91,9 +91,10 @@ def _reason(msg: str) -> str:
     return "other"
 
 
-def _tokenize(qm, cfg: GenerateConfig, work, stats: Stats, skipped_log) -> tuple[list[Request], dict]:
-    """Requests for every sample to make, and (sample_idx, n) -> (prompts, original columns)."""
-    tok, pair = qm.tokenizer, qm.pair
+def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: Stats,
+              skipped_log) -> tuple[list[Request], dict]:
+    """Requests for every sample to make, and (sample_idx, n) -> (prompts, original columns).
+    limits: (max positions of model_theta, of model_t)."""
     meta = {}
     ct_theta = not (cfg.no_chat_template or cfg.no_chat_template_theta)
     ct_t = not (cfg.no_chat_template or cfg.no_chat_template_t)
@@ -102,8 +103,8 @@ def _tokenize(qm, cfg: GenerateConfig, work, stats: Stats, skipped_log) -> tuple
         try:
             ids_theta = render(tok, prompts.theta, chat_template=ct_theta, system_prompt=cfg.system_prompt)
             ids_t = render(tok, prompts.t, chat_template=ct_t, system_prompt=cfg.system_prompt)
-            ids_theta = _fit(ids_theta, pair.max_pos_theta, "model_theta", idx, cfg)
-            ids_t = _fit(ids_t, pair.max_pos_t, "model_t", idx, cfg)
+            ids_theta = _fit(ids_theta, limits[0], "model_theta", idx, cfg)
+            ids_t = _fit(ids_t, limits[1], "model_t", idx, cfg)
         except (PromptError, data.RowError) as e:
             stats.skipped[_reason(str(e))] += len(todo)
             skipped_log.write(dict(sample_idx=idx, reason=str(e)))
@@ -127,17 +128,39 @@ def _fit(ids: list[int], limit: int, side: str, idx: int, cfg: GenerateConfig) -
     raise data.RowError(msg)
 
 
+def load_pair(cfg: GenerateConfig):
+    """Both models and the engine as the run's options say (also what each Ray replica loads)."""
+    from ..api import create_optimal_sampling_model
+
+    return create_optimal_sampling_model(cfg.model_theta, cfg.model_t, alpha_method=cfg.alpha_method,
+                                         alpha=cfg.alpha, alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max,
+                                         device=cfg.device, dtype=cfg.dtype, max_batch_size=cfg.batch_size,
+                                         threads=cfg.threads, backend=cfg.backend)
+
+
+def _engine(cfg: GenerateConfig):
+    """(engine with .run, tokenizer, (max positions theta, t)): the pair here, or replicas on Ray
+    (then this process loads only the tokenizer; the replicas report the context lengths)."""
+    if cfg.ray:
+        from .distributed import RayEngine
+
+        eng = RayEngine(cfg)
+        return eng, eng.tokenizer, eng.max_pos
+    qm = load_pair(cfg)
+    return qm.engine, qm.tokenizer, (qm.pair.max_pos_theta, qm.pair.max_pos_t)
+
+
 def run_generate(cfg: GenerateConfig) -> int:
     """Exit code: 0 done, 130 interrupted (resumable)."""
+    if cfg.backend == "vllm":  # refuse per-side prompts before anything loads
+        from ..backends.vllm.adapter import check_generate_config
+
+        check_generate_config(cfg)
     p, done = store.prepare(cfg, cfg.hashed())
     skipped_log = store.Appender(p["skipped"])
     work, stats = _rows_to_work(cfg, done, skipped_log)
-    from ..api import create_optimal_sampling_model
-
-    qm = create_optimal_sampling_model(cfg.model_theta, cfg.model_t, alpha_method=cfg.alpha_method, alpha=cfg.alpha,
-                                       alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max, device=cfg.device,
-                                       dtype=cfg.dtype, max_batch_size=cfg.batch_size, threads=cfg.threads)
-    reqs, meta = _tokenize(qm, cfg, work, stats, skipped_log)
+    engine, tok, limits = _engine(cfg)
+    reqs, meta = _tokenize(tok, limits, cfg, work, stats, skipped_log)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                             top_p=cfg.top_p, min_p=cfg.min_p, seed=cfg.seed, n=cfg.n,
                             ignore_eos=cfg.ignore_eos, stop=cfg.stop)
@@ -173,7 +196,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     old = signal.signal(signal.SIGINT, on_sigint)
     stats.t0 = time.perf_counter()  # rates count generation, not model loading
     try:
-        qm.engine.run(reqs, params, progress=finished, should_stop=lambda: bool(interrupted))
+        engine.run(reqs, params, progress=finished, should_stop=lambda: bool(interrupted))
     finally:
         signal.signal(signal.SIGINT, old)
         for f in (out, diag, skipped_log):
