@@ -72,7 +72,7 @@ def load_model(spec, device: torch.device, dtype: torch.dtype):
     if isinstance(spec, PreTrainedModel):
         return spec.to(device=device, dtype=dtype).eval(), None, getattr(spec, "name_or_path", "") or type(spec).__name__
     if isinstance(spec, tuple) and len(spec) == 2:
-        model, tok, _ = load_model(spec[0], device, dtype)
+        model, _tok, _ = load_model(spec[0], device, dtype)
         return model, spec[1], getattr(spec[0], "name_or_path", "") or type(spec[0]).__name__
     if not isinstance(spec, (str, os.PathLike)):
         raise ValueError(f"a model must be a path, hub name, .gguf file or transformers model, got {type(spec).__name__}")

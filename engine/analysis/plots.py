@@ -40,32 +40,41 @@ def _legend(ax) -> None:
         ax.legend(fontsize=8)
 
 
-def _values(lines, key: str) -> tuple[np.ndarray, str]:
-    """Finite per-token values when the run has arrays, else finite per-sample means."""
-    if lines and all(stats.has_token_arrays(d) for d in lines):
-        x, level = stats.token_values(lines, key), "token"
-    else:
-        x, level = stats.sample_values(lines, key + "_mean"), "sample mean"
-    return x[np.isfinite(x)], level
+def _level(token: bool) -> str:
+    return "token" if token else "sample mean"
 
 
-def alpha_hist(runs, th: stats.Thresholds) -> bytes:
+def _band_hist(runs, key: str, bins, band: tuple[float, float], xlabel: str, title: str,
+               clip: float | None = None) -> bytes:
+    """Step histograms of `key` per run (token level when it has arrays) over the check band."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for name, lines in runs:
-        x, level = _values(lines, "alpha")
+        token = stats.token_level(lines)
+        x = stats.level_values(lines, key, token)
+        x = x[np.isfinite(x)]
         if not x.size:
             continue
-        ax.hist(x, bins=np.linspace(0, 1, 41), histtype="step", density=True, lw=1.5, label=f"{name} ({level})")
-    ax.axvspan(th.alpha_low, th.alpha_high, color="green", alpha=0.08, label="check band")
-    ax.set(xlabel="alpha (weight on π_θ)", ylabel="density", title="alpha")
+        ax.hist(x if clip is None else np.clip(x, 0, clip), bins=bins, histtype="step", density=True, lw=1.5,
+                label=f"{name} ({_level(token)})")
+    ax.axvspan(*band, color="green", alpha=0.08, label="check band")
+    ax.set(xlabel=xlabel, ylabel="density", title=title)
     _legend(ax)
     return _png(fig)
 
 
+def alpha_hist(runs, th: stats.Thresholds) -> bytes:
+    return _band_hist(runs, "alpha", np.linspace(0, 1, 41), (th.alpha_low, th.alpha_high),
+                      "alpha (weight on π_θ)", "alpha")
+
+
+def _has_alpha_arrays(lines) -> bool:
+    return bool(lines) and all(isinstance(d.get("alpha"), list) for d in lines)
+
+
 def alpha_vs_position(runs) -> bytes | None:
     """Mean alpha per response position with a 10–90% band; None when no run has arrays."""
-    with_arrays = [(n, ls) for n, ls in runs if ls and all(isinstance(d.get("alpha"), list) for d in ls)]
+    with_arrays = [(n, ls) for n, ls in runs if _has_alpha_arrays(ls)]
     if not with_arrays:
         return None
     plt = _plt()
@@ -91,15 +100,14 @@ def kl_scatter(runs) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     hi = 0.0
     for name, lines in runs:
-        token = bool(lines) and all(stats.has_token_arrays(d) for d in lines)
-        get = stats.token_values if token else (lambda ls, k: stats.sample_values(ls, k + "_mean"))
-        a, b = get(lines, "kl_theta"), get(lines, "kl_t")
+        token = stats.token_level(lines)
+        a, b = stats.level_values(lines, "kl_theta", token), stats.level_values(lines, "kl_t", token)
         ok = np.isfinite(a) & np.isfinite(b)
         a, b = a[ok], b[ok]
         if a.size > MAX_SCATTER:
             idx = np.linspace(0, a.size - 1, MAX_SCATTER).astype(int)
             a, b = a[idx], b[idx]
-        ax.scatter(a, b, s=6, alpha=0.4, label=f"{name} ({'token' if token else 'sample mean'})")
+        ax.scatter(a, b, s=6, alpha=0.4, label=f"{name} ({_level(token)})")
         hi = max(hi, float(a.max(initial=0)), float(b.max(initial=0)))
     ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="KL(q‖π_θ) = KL(q‖π_t)")
     ax.set(xlabel="KL(q‖π_θ)", ylabel="KL(q‖π_t)", title="KL to each model")
@@ -108,19 +116,8 @@ def kl_scatter(runs) -> bytes:
 
 
 def ess_ratio_hist(runs, th: stats.Thresholds) -> bytes:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, lines in runs:
-        x, level = _values(lines, "ess_ratio")
-        if not x.size:
-            continue
-        ax.hist(np.clip(x, 0, ESS_CLIP), bins=np.linspace(0, ESS_CLIP, 61), histtype="step", density=True, lw=1.5,
-                label=f"{name} ({level})")
-    ax.axvspan(th.ess_low, th.ess_high, color="green", alpha=0.08, label="check band")
-    ax.set(xlabel=f"ESS_θ / ESS_t (values > {ESS_CLIP:g} drawn at {ESS_CLIP:g})", ylabel="density",
-           title="ESS ratio")
-    _legend(ax)
-    return _png(fig)
+    return _band_hist(runs, "ess_ratio", np.linspace(0, ESS_CLIP, 61), (th.ess_low, th.ess_high),
+                      f"ESS_θ / ESS_t (values > {ESS_CLIP:g} drawn at {ESS_CLIP:g})", "ESS ratio", clip=ESS_CLIP)
 
 
 def seq_logw_hist(runs) -> bytes:
@@ -166,7 +163,7 @@ def make_all(runs: list[tuple[str, list[dict]]], summaries: list[stats.RunSummar
     else:
         pngs["alpha_vs_position"] = pos
         for name, lines in runs:
-            if not (lines and all(isinstance(d.get("alpha"), list) for d in lines)):
+            if not _has_alpha_arrays(lines):
                 skipped[f"alpha_vs_position[{name}]"] = "this run has no per-token arrays (--save-token-stats)"
     pngs["kl_scatter"] = kl_scatter(runs)
     pngs["ess_ratio_hist"] = ess_ratio_hist(runs, th)

@@ -71,6 +71,16 @@ def has_token_arrays(line: dict) -> bool:
     return all(isinstance(line.get(k), list) for k in TOKEN_KEYS)
 
 
+def token_level(lines: list[dict]) -> bool:
+    """Every line carries per-token arrays: statistics then use tokens, not per-sample means."""
+    return bool(lines) and all(has_token_arrays(d) for d in lines)
+
+
+def level_values(lines: list[dict], key: str, token: bool) -> np.ndarray:
+    """Per-token values of `key` (token level) or its per-sample means `<key>_mean`."""
+    return token_values(lines, key) if token else sample_values(lines, key + "_mean")
+
+
 def token_values(lines: list[dict], key: str) -> np.ndarray:
     """One array key concatenated over the lines that have it (null -> nan)."""
     parts = [as_array(d[key]) for d in lines if isinstance(d.get(key), list)]
@@ -85,7 +95,7 @@ def distributions(lines: list[dict]) -> dict:
     """{'sample': {field: describe}, 'token': {field: describe} or None}."""
     sample = {name: describe(sample_values(lines, mean_key)) for name, _, mean_key in FIELDS}
     token = None
-    if lines and all(has_token_arrays(d) for d in lines):
+    if token_level(lines):
         token = {name: describe(token_values(lines, arr)) for name, arr, _ in FIELDS if arr}
     return {"sample": sample, "token": token}
 
@@ -108,12 +118,8 @@ def check_rates(alpha, ess_ratio, kl_theta, kl_t, th: Thresholds) -> dict:
 def checks(lines: list[dict], th: Thresholds) -> dict:
     """The condition checks at token level when every line has per-token arrays, else per sample
     (on the per-sample means: a mean of per-token ratios / KLs, a weaker test)."""
-    token = bool(lines) and all(has_token_arrays(d) for d in lines)
-    if token:
-        arrays = [token_values(lines, k) for k in TOKEN_KEYS]
-    else:
-        arrays = [sample_values(lines, k + "_mean") for k in TOKEN_KEYS]
-    rates = check_rates(*arrays, th)
+    token = token_level(lines)
+    rates = check_rates(*[level_values(lines, k, token) for k in TOKEN_KEYS], th)
     rules = th.rules()
     for k, r in rates.items():
         r["rule"] = rules[k]

@@ -10,6 +10,7 @@ import hashlib
 import math
 
 from ..outputs import SampleOutput
+from ..prompts import as_messages
 
 TOKEN_ARRAYS = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t",
                 "ess_theta", "ess_t", "entropy_theta", "entropy_t")
@@ -52,16 +53,6 @@ def summary(o: SampleOutput) -> dict:
         clamped_frac=_mean(o.clamped),
         seq_logw_theta=o.seq_logw_theta, seq_logw_t=o.seq_logw_t,
     )
-
-
-def as_messages(prompt, system_prompt: str | None):
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
-        msgs = [dict(role=m["role"], content=m["content"]) for m in prompt]
-    else:
-        msgs = [{"role": "user", "content": str(prompt)}]
-    if system_prompt and msgs[0]["role"] != "system":
-        msgs = [{"role": "system", "content": system_prompt}] + msgs
-    return msgs
 
 
 def record(o: SampleOutput, *, sample_idx: int, sample_id, prompt_theta, prompt_t, originals: dict,

@@ -36,6 +36,11 @@ class Stats:
     t0: float = field(default_factory=time.perf_counter)
     last_print: float = 0.0
 
+    def skip(self, log, reason: str, count: int, **where) -> None:
+        """Count `count` samples skipped for `reason` and list them in the skipped file."""
+        self.skipped[_reason(reason)] += count
+        log.write(dict(**where, reason=reason))
+
 
 class Progress:
     """One stderr line: samples, samples/s, tokens/s, ETA, running mean alpha."""
@@ -76,8 +81,7 @@ def _rows_to_work(cfg: GenerateConfig, done: set, skipped_log) -> tuple[list, St
         try:
             prompts = data.make_prompts(row, idx, cfg, field_name, adapter)
         except data.RowError as e:
-            stats.skipped[_reason(str(e))] += len(todo)
-            skipped_log.write(dict(sample_idx=idx, reason=str(e)))
+            stats.skip(skipped_log, str(e), len(todo), sample_idx=idx)
             continue
         originals = data.original_columns(row, {field_name} if field_name else set())
         work.append((idx, prompts, originals, todo))
@@ -106,8 +110,7 @@ def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: St
             ids_theta = _fit(ids_theta, limits[0], "model_theta", idx, cfg)
             ids_t = _fit(ids_t, limits[1], "model_t", idx, cfg)
         except (PromptError, data.RowError) as e:
-            stats.skipped[_reason(str(e))] += len(todo)
-            skipped_log.write(dict(sample_idx=idx, reason=str(e)))
+            stats.skip(skipped_log, str(e), len(todo), sample_idx=idx)
             continue
         for j in todo:
             r = Request(index=len(reqs), group=idx, ids_theta=ids_theta, ids_t=ids_t,
@@ -179,8 +182,7 @@ def run_generate(cfg: GenerateConfig) -> int:
         idx = o.prompt_index
         prompts, originals = meta[(idx, o.sample_index)]
         if o.finish_reason == "error":
-            stats.skipped[_reason(o.error or "error")] += 1
-            skipped_log.write(dict(sample_idx=idx, n=o.sample_index, reason=o.error))
+            stats.skip(skipped_log, o.error or "error", 1, sample_idx=idx, n=o.sample_index)
             return
         diag.write(records.diagnostics(o, sample_idx=idx, sample_id=prompts.sample_id,
                                        alpha_method=cfg.alpha_method, token_stats=cfg.save_token_stats))
