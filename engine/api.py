@@ -88,11 +88,15 @@ class OptimalSamplingModel:
 def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_symmetry", alpha: float = 0.5,
                                   device: str | None = None, dtype: str | None = None, *,
                                   tokenizer=None, alpha_min: float = 0.0, alpha_max: float = 1.0,
+                                  support: str = "", force_teacher: str = "",
                                   backend: str = "hf", **engine_options) -> OptimalSamplingModel:
     """Load the pair (paths, hub names, .gguf files or transformers models), check the tokenizers.
 
     alpha_method: fixed | entropy | kl_symmetry | ess_balance | reverse_kl_symmetry; alpha is the
-    weight on pi_theta (for "fixed"). engine_options: EngineConfig fields (max_batch_size,
+    weight on pi_theta (for "fixed"). support="t_top_k:K,t_top_p:P" restricts both models to
+    pi_t's top-k / nucleus set before alpha is solved; force_teacher="first,special" samples the
+    first response token, and tokens where pi_t's argmax is a special token, from pi_t alone
+    (alpha = 0, recorded in `forced`); docs/theory.md#controls. engine_options: EngineConfig fields (max_batch_size,
     threads, kernels_backend, cuda_graphs, force_row_model). tokenizer: required when both models
     are given as objects without one. backend: "hf" (this engine) or "vllm" (both models in one
     vLLM engine: engine.backends.vllm.QStarVLLM, docs/vllm.md).
@@ -101,13 +105,15 @@ def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_
         from .backends.vllm import QStarVLLM
 
         return QStarVLLM(model_theta, model_t, alpha_method, alpha, device, dtype, tokenizer=tokenizer,
-                         alpha_min=alpha_min, alpha_max=alpha_max, **engine_options)
+                         alpha_min=alpha_min, alpha_max=alpha_max, support=support,
+                         force_teacher=force_teacher, **engine_options)
     if backend != "hf":
         raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
     cfg = EngineConfig(device=device, dtype=dtype, **engine_options)
-    mixture = MixtureConfig(alpha_method=alpha_method, alpha=alpha, alpha_min=alpha_min, alpha_max=alpha_max)
+    mixture = MixtureConfig(alpha_method=alpha_method, alpha=alpha, alpha_min=alpha_min, alpha_max=alpha_max,
+                            support=support, force_teacher=force_teacher)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = torch.device(cfg.device)

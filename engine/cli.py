@@ -32,8 +32,18 @@ def _add_generate(sub) -> argparse.ArgumentParser:
                        "+ diagnostics), resumable after a crash or Ctrl-C.",
                        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
-    groups = {k: p.add_argument_group(v) for k, v in GROUPS.items()}
+    groups = add_config_flags(p, GROUPS)
+    groups["output"].add_argument("--resume", action="store_false", dest="overwrite",
+                                  help="resume an existing output (the default; the opposite of --overwrite)")
+    return p
+
+
+def add_config_flags(p: argparse.ArgumentParser, groups: dict, names=None) -> dict:
+    """One flag per GenerateConfig field (of `names`, default all) in its group; returns the groups."""
+    groups = {k: p.add_argument_group(v) for k, v in groups.items()}
     for f in fields(GenerateConfig):
+        if names is not None and f.name not in names:
+            continue
         g = groups[f.metadata["group"]]
         default = f.default if f.default is not MISSING else f.default_factory()
         help_ = f.metadata["help"] + (f" (default: {default})" if default not in (None, False, []) else "")
@@ -48,9 +58,7 @@ def _add_generate(sub) -> argparse.ArgumentParser:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
             g.add_argument(*_flags(f.name), type=kind, dest=f.name, choices=f.metadata.get("choices"),
                            help=help_, metavar=f.name.upper() if not f.metadata.get("choices") else None)
-    groups["output"].add_argument("--resume", action="store_false", dest="overwrite",
-                                  help="resume an existing output (the default; the opposite of --overwrite)")
-    return p
+    return groups
 
 
 def _read_config(path: str) -> dict:
@@ -89,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version="qstar 0.1.0")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
+    from .check import add_parser as add_check
+
+    add_check(sub)
     sub.add_parser("demo", help="the whole job on SmolLM2-135M (teacher sees the solution); see `qstar demo --help`")
     from .analysis.cli import add_parsers
 
@@ -101,14 +112,14 @@ def _run_generate(ns) -> int:
 
     try:
         cfg = build_config(ns)
-        _quiet_libraries()
+        quiet_libraries()
         return run.run_generate(cfg)
     except (ValueError, OSError, run.RunError, data.DataError, store.ResumeError) as e:
         print(f"qstar generate: error: {e}", file=sys.stderr)
         return 2
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Our progress line is the one to read: no per-file bars from transformers/datasets."""
     try:
         from transformers.utils import logging as tlog
@@ -129,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     if ns.command == "generate":
         return _run_generate(ns)
+    if ns.command == "check":
+        from .check import run as run_check
+
+        quiet_libraries()
+        return run_check(ns)
     if ns.command in ("analyze", "report"):
         from .analysis import cli as analysis_cli
 

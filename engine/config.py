@@ -11,12 +11,62 @@ import torch
 from qstar_kernels import BACKENDS, METHODS
 
 
+FORCE_TEACHER = ("first", "special")
+
+
+def parse_support(spec) -> tuple[int, float]:
+    """"t_top_k:K,t_top_p:P" (either part may be left out; "" / None = off) -> (K, P)."""
+    k, p = 0, 1.0
+    if spec is None or spec == "":
+        return k, p
+    how = "support must look like 't_top_k:50', 't_top_p:0.95' or 't_top_k:50,t_top_p:0.95'"
+    if not isinstance(spec, str):
+        raise ValueError(f"{how}, got {spec!r}")
+    for part in spec.split(","):
+        name, sep, value = part.strip().partition(":")
+        try:
+            if not sep or name not in ("t_top_k", "t_top_p"):
+                raise ValueError
+            if name == "t_top_k":
+                k = int(value)
+                if k < 0:
+                    raise ValueError
+            else:
+                p = float(value)
+                if not 0.0 < p <= 1.0:
+                    raise ValueError
+        except ValueError:
+            raise ValueError(f"{how} (t_top_k an int >= 0, t_top_p in (0, 1]), got {spec!r}") from None
+    return k, p
+
+
+def support_spec(top_k: int, top_p: float) -> str:
+    """The inverse of parse_support (what the CLI's --support-top-k/-p become)."""
+    parts = ([f"t_top_k:{int(top_k)}"] if top_k else []) + ([f"t_top_p:{float(top_p)}"] if top_p < 1 else [])
+    return ",".join(parts)
+
+
+def parse_force_teacher(spec) -> tuple[str, ...]:
+    """"first", "special", "first,special" (or a list of them); "" / None = off."""
+    if spec is None or spec == "":
+        return ()
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    parts = [str(x).strip() for x in parts if str(x).strip()]
+    bad = [x for x in parts if x not in FORCE_TEACHER]
+    if bad:
+        raise ValueError(f"force_teacher takes a comma-separated subset of {FORCE_TEACHER}, got {spec!r} "
+                         f"(unknown: {bad})")
+    return tuple(x for x in FORCE_TEACHER if x in parts)
+
+
 @dataclass
 class MixtureConfig:
     alpha_method: str = "kl_symmetry"  # fixed | entropy | kl_symmetry | ess_balance | reverse_kl_symmetry
     alpha: float = 0.5                 # weight on pi_theta for alpha_method="fixed"
     alpha_min: float = 0.0             # clamp applied after solving
     alpha_max: float = 1.0
+    support: str = ""                  # "t_top_k:K,t_top_p:P": restrict both models to pi_t's set
+    force_teacher: str = ""            # "first", "special" or "first,special": a = 0 there
 
     def __post_init__(self):
         if self.alpha_method not in METHODS:
@@ -25,6 +75,17 @@ class MixtureConfig:
             raise ValueError(f"alpha must lie in [0, 1] (the weight on pi_theta), got {self.alpha!r}")
         if not 0.0 <= self.alpha_min <= self.alpha_max <= 1.0:
             raise ValueError(f"need 0 <= alpha_min <= alpha_max <= 1, got {self.alpha_min!r}, {self.alpha_max!r}")
+        self.support_top_k, self.support_top_p = parse_support(self.support)
+        self.support = support_spec(self.support_top_k, self.support_top_p)
+        self.force_teacher = ",".join(parse_force_teacher(self.force_teacher))
+
+    @property
+    def force_first(self) -> bool:
+        return "first" in self.force_teacher.split(",")
+
+    @property
+    def force_special(self) -> bool:
+        return "special" in self.force_teacher.split(",")
 
 
 @dataclass

@@ -171,6 +171,7 @@ class Engine:
         active: dict[int, Row] = {}
         stop_window = 2 + max((len(s) for s in params.stop), default=0)
         m = self.mixture
+        force_tokens = self._special_table(W) if m.force_special else None
         while queue or active:
             if should_stop is not None and queue and should_stop():
                 queue.clear()  # stop admitting; the running rows finish
@@ -195,12 +196,14 @@ class Engine:
                 continue
             slots = sorted(active)
             rows = torch.tensor(slots, device=self.device)
+            positions = torch.tensor([len(active[s].tokens) for s in slots], device=self.device)
             st = mix_step(bufs[0][rows], bufs[1][rows], m.alpha_method, alpha=m.alpha, alpha_min=m.alpha_min,
                           alpha_max=m.alpha_max, vocab_size=self.pair.vocab.vocab_size,
                           temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
                           min_p=params.min_p, seed=params.seed,
                           keys=torch.tensor([active[s].req.key for s in slots], device=self.device),
-                          positions=torch.tensor([len(active[s].tokens) for s in slots], device=self.device),
+                          positions=positions, support_top_k=m.support_top_k, support_top_p=m.support_top_p,
+                          force=(positions == 0) if m.force_first else None, force_tokens=force_tokens,
                           backend=self.cfg.kernels_backend, validate=False)
             tokens = st.tokens.tolist()
             values = torch.stack([getattr(st, f).float() for f in TOKEN_FIELDS], 1).tolist()
@@ -221,6 +224,14 @@ class Engine:
             if going:
                 self._decode(going, active, bufs)
         return results  # type: ignore[return-value]
+
+    def _special_table(self, width: int) -> torch.Tensor:
+        """(width,) bool: the tokenizer's special tokens (force_teacher "special")."""
+        table = torch.zeros(width, dtype=torch.bool, device=self.device)
+        ids = [i for i in self.pair.vocab.special_ids if i < width]
+        if ids:
+            table[torch.tensor(ids, device=self.device)] = True
+        return table
 
     def _decode(self, slots: list[int], active: dict[int, Row], bufs) -> None:
         dev = self.device

@@ -93,6 +93,7 @@ class Vocab:
     logits_width: int        # columns of both models' logits that are compared (min of the two)
     vocab_size: int          # real tokens; columns beyond are padding and masked
     eos_ids: frozenset[int]  # tokenizer EOS plus both generation configs' EOS
+    special_ids: frozenset[int] = frozenset()  # the tokenizer's special tokens (and the EOS ids)
 
 
 def _eos_ids(tok, *models) -> frozenset[int]:
@@ -103,6 +104,16 @@ def _eos_ids(tok, *models) -> frozenset[int]:
             continue
         ids.update(val if isinstance(val, (list, tuple)) else [val])
     return frozenset(int(i) for i in ids)
+
+
+def _special_ids(tok, eos_ids, n_tok: int) -> frozenset[int]:
+    """Special tokens of the tokenizer: all_special_ids, added tokens marked special, EOS."""
+    ids = set(getattr(tok, "all_special_ids", None) or [])
+    for i, added in (getattr(tok, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(i))
+    ids |= set(eos_ids)
+    return frozenset(i for i in ids if 0 <= i < n_tok)
 
 
 def tokenizer_gate(tok_theta, tok_t, model_theta, model_t, name_theta: str, name_t: str) -> Vocab:
@@ -119,4 +130,5 @@ def tokenizer_gate(tok_theta, tok_t, model_theta, model_t, name_theta: str, name
     if n_tok > width:
         raise ValueError(f"tokenizer has {n_tok} ids but a model's output layer has only {width} rows "
                          f"({name_theta} / {name_t}): tokenizer and model do not belong together")
-    return Vocab(logits_width=width, vocab_size=n_tok, eos_ids=_eos_ids(tok_theta, model_theta, model_t))
+    eos = _eos_ids(tok_theta, model_theta, model_t)
+    return Vocab(logits_width=width, vocab_size=n_tok, eos_ids=eos, special_ids=_special_ids(tok_theta, eos, n_tok))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 # per-token values recorded for every generated token, in this order (Step field names)
 TOKEN_FIELDS = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t",
                 "ess_theta", "ess_t", "entropy_theta", "entropy_t", "entropy_q", "log_z",
-                "iters", "residual", "clamped")
+                "iters", "residual", "clamped", "forced")
 
 
 @dataclass
@@ -41,7 +41,8 @@ class SampleOutput:
     log_z: list[float] = field(default_factory=list)
     iters: list[float] = field(default_factory=list)
     residual: list[float] = field(default_factory=list)
-    clamped: list[float] = field(default_factory=list)
+    clamped: list[float] = field(default_factory=list)   # 1 where alpha_min/alpha_max decided alpha
+    forced: list[float] = field(default_factory=list)    # 1 where force_teacher (or support) set alpha = 0
 
     @property
     def ess_ratio(self) -> list[float]:

@@ -1,17 +1,17 @@
 """qstar_kernels: exact math of the geometric mixture q ∝ pi_theta^a * pi_t^(1-a) and its sampler.
 
-Public ops (other tools import these names): `mix`, `sample`, `step`, `Mixture`, `Sampled`,
-`Step`, `METHODS`.
+Public ops (other tools import these names): `mix`, `sample`, `step`, `behaviour`,
+`equation_residual`, `Mixture`, `Sampled`, `Step`, `METHODS`.
 `a` / `alpha` is always the weight on pi_theta. Tensors in, tensors out; no models, no I/O.
 """
 from __future__ import annotations
 
 import functools
 
-from .api import BACKENDS, mix, sample, step
+from .api import BACKENDS, behaviour, equation_residual, mix, sample, step
 from .types import METHODS, Mixture, Sampled, Step
 
-__all__ = ["mix", "sample", "step", "Mixture", "Sampled", "Step", "METHODS", "BACKENDS",
+__all__ = ["mix", "sample", "step", "behaviour", "equation_residual", "Mixture", "Sampled", "Step", "METHODS", "BACKENDS",
            "triton_available"]
 
 

@@ -14,9 +14,10 @@ import os
 
 import torch
 
-from . import checks
-from .ref_mix import mix_reference
-from .ref_sample import sample_reference
+from . import checks, controls
+from .ref_mix import equation_residual as _equation_residual
+from .ref_mix import log_softmax_masked, mix_reference
+from .ref_sample import prefix_keep, sample_reference
 from .types import Mixture, Sampled, Step
 
 BACKENDS = ("auto", "torch", "triton", "cpu")
@@ -51,8 +52,13 @@ def _pick_backend(backend: str | None, x: torch.Tensor, fused_step: bool = False
     return backend
 
 
+def _sub(x, rows):
+    return x if rows is None else x[rows]
+
+
 def mix(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_symmetry", *,
         alpha=0.5, alpha_min: float = 0.0, alpha_max: float = 1.0, vocab_size: int | None = None,
+        support_top_k: int = 0, support_top_p: float = 1.0, force=None, force_tokens=None,
         backend: str | None = None, validate: bool = True) -> Mixture:
     """The geometric mixture q ∝ pi_theta^a * pi_t^(1-a) per row, with a chosen by `method`.
 
@@ -62,17 +68,37 @@ def mix(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_sy
     (ESS_theta(q) = ESS_t(q)), "reverse_kl_symmetry" (KL(pi_theta||q) = KL(pi_t||q), closed form).
     Then a is clamped to [alpha_min, alpha_max] (`clamped` says where that decided a).
 
+    Controls (controls.py; all off by default): support_top_k / support_top_p restrict both
+    distributions to pi_t's top-k / nucleus set before solving (logq and the statistics are then
+    those of the restricted problem; logp_theta / logp_t stay the unrestricted log-probs);
+    force ((B,) bool) and force_tokens ((V,) bool: rows whose pi_t argmax is one of them) set
+    a = 0 for those rows, ignoring the clamps (`forced` says where).
+
     logits_*: (B, V), any float dtype; math in fp32 (fp64 when given fp64). vocab_size masks
     columns >= vocab_size (padded embedding rows). validate=False skips the checks that need a
     host sync (NaN scan), for use inside a captured decode step.
     """
     a = checks.check_mix_args(logits_theta, logits_t, method, alpha, alpha_min, alpha_max,
                               vocab_size, validate)
-    if _pick_backend(backend, logits_theta) == "triton":
-        from .triton_mix import mix_triton
+    B, V = logits_theta.shape
+    controls.check_controls(B, V, logits_theta.device, support_top_k, support_top_p, force, force_tokens)
+    chosen = _pick_backend(backend, logits_theta)
 
-        return mix_triton(logits_theta, logits_t, method, a, alpha_min, alpha_max, vocab_size)
-    return mix_reference(logits_theta, logits_t, method, a, alpha_min, alpha_max, vocab_size)
+    def core(xp, xt, method_, a_, clamps, rows):
+        lo, hi = clamps or (alpha_min, alpha_max)
+        xp, xt, a_ = _sub(xp, rows), _sub(xt, rows), _sub(a_, rows)
+        if chosen == "triton":
+            from .triton_mix import mix_triton
+
+            return mix_triton(xp, xt, method_, a_, lo, hi, vocab_size)
+        return mix_reference(xp, xt, method_, a_, lo, hi, vocab_size)
+
+    if not controls.active(support_top_k, support_top_p, force, force_tokens):
+        m = core(logits_theta, logits_t, method, a, None, None)
+        m.forced = torch.zeros_like(m.clamped)
+        return m
+    return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
+                          support_top_p, force, force_tokens, per_token=False)
 
 
 def sample(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0,
@@ -87,7 +113,11 @@ def sample(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0
     """
     args = checks.check_sample_args(logq, temperature, top_k, top_p, min_p, seed, keys,
                                      positions, validate)
-    if _pick_backend(backend, logq) == "triton":
+    return _sample(logq, args, _pick_backend(backend, logq))
+
+
+def _sample(logq, args, chosen) -> Sampled:
+    if chosen == "triton":
         from .triton_sample import sample_triton
 
         tokens, lpb = sample_triton(logq, *args)
@@ -99,23 +129,73 @@ def sample(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0
 def step(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_symmetry", *,
          alpha=0.5, alpha_min: float = 0.0, alpha_max: float = 1.0, vocab_size: int | None = None,
          temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, keys=None, positions=None,
+         support_top_k: int = 0, support_top_p: float = 1.0, force=None, force_tokens=None,
          backend: str | None = None, validate: bool = True) -> Step:
     """One decode step: `mix` then `sample`, returning only (B,) per-token values (see Step).
 
-    Same arguments and semantics as `mix` and `sample` together; the fused backends never
-    materialise the (B, V) mixture, which is what makes the step cheap.
+    Same arguments and semantics as `mix` and `sample` together (controls included); the fused
+    backends never materialise the (B, V) mixture, which is what makes the step cheap.
     """
     a = checks.check_mix_args(logits_theta, logits_t, method, alpha, alpha_min, alpha_max,
                               vocab_size, validate)
     args = checks.check_sample_args(logits_theta, temperature, top_k, top_p, min_p, seed, keys,
                                     positions, validate)
+    B, V = logits_theta.shape
+    controls.check_controls(B, V, logits_theta.device, support_top_k, support_top_p, force, force_tokens)
     chosen = _pick_backend(backend, logits_theta, fused_step=True)
-    if chosen == "cpu":
-        from .cpu_step import step_cpu
 
-        return step_cpu(logits_theta, logits_t, method, a, alpha_min, alpha_max, vocab_size, *args)
-    m = mix(logits_theta, logits_t, method, alpha=a, alpha_min=alpha_min, alpha_max=alpha_max,
-            vocab_size=vocab_size, backend=chosen, validate=False)
-    s = sample(m.logq, temperature=args[0], top_k=args[1], top_p=args[2], min_p=args[3],
-               seed=args[4], keys=args[5], positions=args[6], backend=chosen, validate=False)
-    return Step.from_parts(m, s)
+    def core(xp, xt, method_, a_, clamps, rows):
+        lo, hi = clamps or (alpha_min, alpha_max)
+        xp, xt, a_ = _sub(xp, rows), _sub(xt, rows), _sub(a_, rows)
+        rargs = [_sub(t, rows) for t in args]
+        if chosen == "cpu":
+            from .cpu_step import step_cpu
+
+            return step_cpu(xp, xt, method_, a_, lo, hi, vocab_size, *rargs)
+        if chosen == "triton":
+            from .triton_mix import mix_triton
+
+            m = mix_triton(xp, xt, method_, a_, lo, hi, vocab_size)
+        else:
+            m = mix_reference(xp, xt, method_, a_, lo, hi, vocab_size)
+        return Step.from_parts(m, _sample(m.logq, rargs, chosen))
+
+    if not controls.active(support_top_k, support_top_p, force, force_tokens):
+        st = core(logits_theta, logits_t, method, a, None, None)
+        st.forced = torch.zeros_like(st.clamped)
+        return st
+    return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
+                          support_top_p, force, force_tokens, per_token=True)
+
+
+def behaviour(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor:
+    """(B, V) log-probabilities of the distribution `sample` draws from (reference math, fp64 when
+    given fp64): logq / temperature, then min-p -> top-k -> top-p, renormalised; temperature 0 is
+    the point mass on the argmax. What `qstar check` compares sampled tokens against."""
+    args = checks.check_sample_args(logq, temperature, top_k, top_p, min_p, 0, 0, 0, True)
+    temp, topk, topp, minp = args[:4]
+    greedy = temp == 0
+    s = logq / torch.where(greedy, 1, temp).to(logq.dtype)[:, None]
+    s = torch.where(prefix_keep(s, topk, topp, minp), s, float("-inf"))
+    out = torch.log_softmax(s, -1)
+    point = torch.full_like(out, float("-inf")).scatter_(1, logq.argmax(-1, keepdim=True), 0.0)
+    return torch.where(greedy[:, None], point, out)
+
+
+def equation_residual(logits_theta: torch.Tensor, logits_t: torch.Tensor, alpha, method: str, *,
+                      vocab_size: int | None = None, support_top_k: int = 0,
+                      support_top_p: float = 1.0) -> torch.Tensor:
+    """(B,) residual of `method`'s defining equation at the given alpha (computed elsewhere, e.g.
+    read from records), on the (restricted) distributions `mix` would solve on; 0 = exact.
+    kl_symmetry: |KL(q||pi_theta) - KL(q||pi_t)| / (1 + KL); ess_balance: |log ESS_theta/ESS_t|;
+    entropy: |a - H_theta/(H_theta + H_t)|; reverse_kl_symmetry: |KL(pi_theta||q) -
+    KL(pi_t||q)| / (1 + KL); fixed: 0. Rows forced or clamped have no equation to meet."""
+    a = checks.check_mix_args(logits_theta, logits_t, method, alpha, 0.0, 1.0, vocab_size, True)
+    B, V = logits_theta.shape
+    controls.check_controls(B, V, logits_theta.device, support_top_k, support_top_p, None, None)
+    xp, xt = logits_theta, logits_t
+    if support_top_k > 0 or support_top_p < 1:
+        keep = controls.support_keep(logits_t, vocab_size, support_top_k, support_top_p)
+        xp, xt = xp.masked_fill(~keep, float("-inf")), xt.masked_fill(~keep, float("-inf"))
+    lp, lt = log_softmax_masked(xp, vocab_size), log_softmax_masked(xt, vocab_size)
+    return _equation_residual(lp, lt, a.to(lp.dtype), method)

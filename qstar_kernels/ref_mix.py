@@ -84,3 +84,23 @@ def mix_reference(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, v
     logq, stats = statistics(a, lp, lt, sup, method)
     return Mixture(alpha=a, logq=logq, logp_theta=lp, logp_t=lt, entropy_theta=h_theta,
                    entropy_t=h_t, iters=iters, clamped=clamped | orphan, **stats)
+
+
+def equation_residual(lp, lt, a, method: str) -> torch.Tensor:  # (B,)
+    """How far a (B,) is from satisfying `method`'s defining equation on log-probs lp, lt (B, V):
+    |g|/(1 + KL) (kl_symmetry), |h| (ess_balance), |a - H_theta/(H_theta + H_t)| (entropy),
+    |KL(pi_theta||q) - KL(pi_t||q)|/(1 + KL) (reverse_kl_symmetry; |a - its limit| where a KL
+    between the models is infinite), 0 (fixed). For checking an alpha computed elsewhere."""
+    if method in ("kl_symmetry", "ess_balance"):
+        return ref_solve.residual(method, a, ref_solve.Support.build(lp, lt))
+    if method == "entropy":
+        return (a - ref_solve._ratio_or_half(entropy(lp), entropy(lt))).abs()
+    if method == "reverse_kl_symmetry":
+        x = mix_logits(a, lp, lt)
+        logq = x - torch.logsumexp(x, -1, keepdim=True)
+        k1, k2 = _kl(lp.exp(), lp, logq), _kl(lt.exp(), lt, logq)
+        gap = (k1 - k2).abs() / (1 + torch.maximum(k1, k2))
+        k_pt, k_tp = ref_solve.kl_pair(lp, lt)
+        limit = (a - ref_solve._ratio_or_half(k_pt, k_tp)).abs()
+        return torch.where(torch.isinf(k_pt) | torch.isinf(k_tp), limit, gap)
+    return torch.zeros_like(a)

@@ -21,6 +21,11 @@ def truncation_keep(s, top_k, top_p, min_p):  # (B, V) bool, or None when no row
     active = (top_k > 0) | (top_p < 1) | (min_p > 0)
     if not bool(active.any()):
         return None
+    return prefix_keep(s, top_k, top_p, min_p)
+
+
+def prefix_keep(s, top_k, top_p, min_p):  # (B, V) bool; device ops only (no host sync)
+    """min-p -> top-k -> top-p on the scores s (any shift of log-probs), each a prefix of (-s, id)."""
     s_sorted, idx = torch.sort(s, dim=-1, descending=True, stable=True)
     rank = torch.arange(s.shape[1], device=s.device)
     floor = s_sorted[:, :1] + torch.log(min_p)[:, None]  # p >= min_p * p_max

@@ -32,6 +32,7 @@ class Mixture:
     iters: torch.Tensor          # (B,) int32, passes over the vocab spent solving alpha
     residual: torch.Tensor       # (B,) defining-equation residual at the returned alpha
     clamped: torch.Tensor        # (B,) bool, True where alpha_min/alpha_max decided alpha
+    forced: torch.Tensor | None = None  # (B,) bool, True where a forced-teacher row set alpha = 0
 
     @property
     def ess_ratio(self) -> torch.Tensor:  # (B,)
@@ -63,7 +64,8 @@ class Step:
     """One decode step of the mixture sampler: the drawn token and every per-token record value.
 
     All (B,). logp_theta / logp_t are the models' log-probs of the token at T = 1 (before any
-    truncation), logq the untruncated mixture's, logp_behavior the distribution really sampled.
+    truncation or support restriction), logq the untruncated mixture's (on the restricted support
+    when one is set), logp_behavior the distribution really sampled.
     The rest are the row statistics of Mixture (same names, same meaning).
     """
 
@@ -84,6 +86,7 @@ class Step:
     iters: torch.Tensor
     residual: torch.Tensor
     clamped: torch.Tensor
+    forced: torch.Tensor | None = None
 
     @staticmethod
     def from_parts(m: Mixture, s: Sampled) -> "Step":

@@ -72,3 +72,13 @@ def behaviour(logq, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
     out = np.zeros_like(s)
     out[keep] = p[keep]
     return out / out.sum()
+
+
+def support_set(lt_row, top_k=0, top_p=1.0):
+    """pi_t's top-k set, then its nucleus renormalised on it (ties by id): a bool row."""
+    return behaviour(norm(lt_row), top_k=top_k, top_p=top_p) > 0
+
+
+def restrict_to(l_row, keep):
+    """A log-prob row renormalised on `keep` (the support restriction)."""
+    return norm(np.where(keep, l_row, -np.inf))

@@ -180,3 +180,46 @@ def test_padded_vocab_rows_are_masked():
         lb = b(torch.tensor([ids + o.token_ids])).logits[0, len(ids) - 1:-1].double()
     m = mix(la, lb, "kl_symmetry", vocab_size=len(tok))
     assert torch.allclose(torch.tensor(o.alpha, dtype=torch.float64), m.alpha, atol=1e-4)
+
+
+@pytest.mark.parametrize("row_model", [False, True])
+def test_controls_in_the_engine(models, row_model):
+    """support + force_teacher first,special: the recorded values equal the teacher-forced
+    recomputation with the same controls; forced tokens have alpha 0 and logq == restricted logp_t."""
+    tok = tiny.tokenizer()
+    qm = make(models, alpha_method="kl_symmetry", support="t_top_k:30,t_top_p:0.9", force_teacher="first,special",
+              alpha_min=0.2, force_row_model=row_model)
+    assert qm.mixture.support_top_k == 30 and qm.mixture.force_first and qm.mixture.force_special
+    special = torch.zeros(len(tok), dtype=torch.bool)
+    special[sorted(qm.pair.vocab.special_ids)] = True
+    assert special[tok.eos_token_id] and special[tok.convert_tokens_to_ids("<|im_start|>")]
+    outs = qm.generate(PROMPTS, max_new_tokens=8, n=2, seed=3)
+    for o in outs:
+        p = chat_ids(PROMPTS[o.prompt_index])
+        resp = o.token_ids
+        with torch.no_grad():
+            lg_theta = models[0](torch.tensor([p + resp])).logits[0, len(p) - 1:-1].double()
+            lg_t = models[1](torch.tensor([p + resp])).logits[0, len(p) - 1:-1].double()
+        force = torch.arange(len(resp)) == 0
+        m = mix(lg_theta, lg_t, "kl_symmetry", alpha_min=0.2, support_top_k=30, support_top_p=0.9, force=force,
+                force_tokens=special)
+        idx = torch.tensor(resp)[:, None]
+        assert torch.isfinite(m.logq.gather(1, idx)).all(), "a token outside pi_t's support set"
+        assert o.forced[0] == 1 and o.alpha[0] == 0.0
+        assert [bool(x) for x in o.forced] == m.forced.tolist()
+        for name, want in (("alpha", m.alpha), ("logq", m.logq.gather(1, idx)[:, 0]),
+                           ("logp_t", m.logp_t.gather(1, idx)[:, 0]), ("logp_theta", m.logp_theta.gather(1, idx)[:, 0])):
+            got = torch.tensor(getattr(o, name), dtype=torch.float64)
+            assert torch.allclose(got, want, atol=1e-4), (name, (got - want).abs().max())
+        # unforced tokens keep the clamp; forced ones ignore it
+        assert all(a >= 0.2 - 1e-7 for a, f in zip(o.alpha, o.forced) if not f)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(support="t_top_k:-1"), "support must look like"),
+                                    (dict(support="top_k:5"), "support must look like"),
+                                    (dict(support="t_top_p:1.5"), "t_top_p in (0, 1]"),
+                                    (dict(force_teacher="first,last"), "unknown: ['last']")])
+def test_bad_controls_name_the_value(models, kw, msg):
+    with pytest.raises(ValueError) as e:
+        make(models, **kw)
+    assert msg in str(e.value)

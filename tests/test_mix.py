@@ -175,3 +175,26 @@ def test_low_precision_inputs():
     mb = mix(lp.bfloat16(), lt.bfloat16(), "kl_symmetry")
     assert mb.logq.dtype == torch.float32
     assert (mb.alpha - m32.alpha).abs().max() < 0.05
+
+
+def test_reverse_kl_one_pass_equation_fp64_edge_cases():
+    """KL(pi_theta||q) = KL(pi_t||q) to 1e-9 (fp64) in one pass; limits where a KL is infinite."""
+    cases = dict(edge_cases(dtype=torch.float64))
+    lp, lt = lm_logits(16, 2000, seed=31)
+    cases.update({f"random{i}": (lp[i:i + 1], lt[i:i + 1]) for i in range(16)})
+    for name, (x, y) in cases.items():
+        m = mix(x, y, "reverse_kl_symmetry")
+        assert int(m.iters[0]) == 1, name
+        for f in ("alpha", "log_z", "kl_theta", "kl_t", "residual"):
+            assert not torch.isnan(getattr(m, f)).any(), (name, f)
+        assert not torch.isnan(m.logq).any(), name
+        p, t = exact.norm(x[0].numpy()), exact.norm(y[0].numpy())
+        a = float(m.alpha[0])
+        k_pt, k_tp = exact.kl(p, t), exact.kl(t, p)
+        if np.isfinite(k_pt) and np.isfinite(k_tp):
+            lq = exact.mixture(p, t, a)
+            k1, k2 = exact.kl(p, lq), exact.kl(t, lq)
+            assert abs(k1 - k2) <= 1e-9 * (1 + max(k1, k2)), (name, k1, k2, a)
+        else:  # the limits of KL(p||t) / (KL(p||t) + KL(t||p))
+            want = 0.5 if np.isinf(k_pt) and np.isinf(k_tp) else (1.0 if np.isinf(k_pt) else 0.0)
+            assert a == want, (name, a, want)

@@ -222,14 +222,34 @@ def test_bad_input_exits_with_a_clear_message(pair_dirs, tmp_path, capsys, case,
     assert needle in err and "Traceback" not in err
 
 
-def test_every_generate_flag_is_documented():
+@pytest.mark.parametrize("command", ["generate", "check"])
+def test_every_generate_flag_is_documented(command):
     from pathlib import Path
 
     from engine.cli import parser
 
     sub = next(a for a in parser()._actions if a.dest == "command")
-    flags = {s for a in sub.choices["generate"]._actions for s in a.option_strings if s.startswith("--")}
+    flags = {s for a in sub.choices[command]._actions for s in a.option_strings if s.startswith("--")}
     guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
     kebab = {f for f in flags if "_" not in f and f != "--help"}
     missing = sorted(f for f in kebab if f"`{f}`" not in guide and f"`{f} " not in guide)
     assert not missing, f"flags missing from docs/guide.md: {missing}"
+
+
+def test_controls_reach_records_manifest_and_resume_guard(pair_dirs, tmp_path, capsys):
+    ds = write_jsonl(tmp_path / "d.jsonl", ROWS[:2])
+    out = tmp_path / "o.jsonl"
+    ctl = ["--support-top-k", 40, "--support-top-p", 0.9, "--force-teacher", "first", "--save-token-stats"]
+    assert run(pair_dirs, ds, out, *ctl) == 0
+    for r in lines(out):
+        assert r["forced"][0] == 1 and r["alpha"][0] == 0.0 and set(r["forced"]) <= {0, 1}
+        assert len(r["clamped"]) == len(r["alpha"]) and r["forced_frac"] > 0
+    manifest = json.loads((tmp_path / "o.manifest.json").read_text())
+    cfg = manifest["config"]
+    assert (cfg["support_top_k"], cfg["support_top_p"], cfg["force_teacher"]) == (40, 0.9, "first")
+    capsys.readouterr()
+    assert run(pair_dirs, ds, out, *ctl[:4], "--save-token-stats") == 2
+    err = capsys.readouterr().err
+    assert "force_teacher: 'first' -> None" in err
+    assert run(pair_dirs, ds, out, "--force-teacher", "bogus") == 2
+    assert "--force-teacher takes a comma-separated subset" in capsys.readouterr().err

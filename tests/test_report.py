@@ -142,6 +142,9 @@ def test_token_ids_shown_when_no_tokenizer_is_loadable(run_with_tokens, tmp_path
     data = page_data(out.read_text())
     assert len(data["samples"]) == 2 and data["total"] == 6 and data["samples"][0]["tokens"] is None
     assert "not a local path" in data["tok_note"] and "Showing the first 2 of 6" in out.read_text()
+    config = out.read_text().split('id="config"')[1].split("</section>")[0]
+    for key in ("support_top_k", "support_top_p", "force_teacher", "alpha_min", "alpha_max"):
+        assert key in config, f"{key} missing from the report's run config"
 
 
 def test_token_texts_rebuild_the_decoded_string():

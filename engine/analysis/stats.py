@@ -192,6 +192,10 @@ def summarize(name: str, path: str, lines: list[dict], th: Thresholds = Threshol
     if built and clamped:
         notes.append(f"{clamped:.1%} of tokens had alpha set by --alpha-min/--alpha-max: there the solved "
                      "condition need not hold")
+    forced = describe(sample_values(lines, "forced_frac"))["mean"]
+    if built and forced:
+        notes.append(f"{forced:.1%} of tokens were forced to pi_t (--force-teacher): alpha = 0 there, so the "
+                     "solved condition need not hold")
     if ch["level"] == "sample":
         notes.append("checks use per-sample means (no per-token arrays): rerun generate with "
                      "--save-token-stats for token-level checks")

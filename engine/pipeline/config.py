@@ -53,6 +53,14 @@ class GenerateConfig:
     alpha: float = opt(0.5, "alpha for --alpha-method fixed (1 = pi_theta only, 0 = pi_t only)", "mixture")
     alpha_min: float = opt(0.0, "clamp alpha from below after solving", "mixture")
     alpha_max: float = opt(1.0, "clamp alpha from above after solving", "mixture")
+    support_top_k: int = opt(0, "restrict both models to pi_t's K most likely tokens before alpha is solved "
+                             "(renormalised; q, logq and the statistics are then the restricted ones, "
+                             "logp_theta/logp_t stay the models' own) (0 = off)", "mixture")
+    support_top_p: float = opt(1.0, "restrict both models to pi_t's nucleus: its most likely tokens (within "
+                               "--support-top-k) until their mass reaches P (1 = off)", "mixture")
+    force_teacher: str | None = opt(None, "sample these tokens from pi_t alone (alpha = 0, recorded as forced): "
+                                    "first (the first response token), special (where pi_t's argmax is a "
+                                    "special token of the tokenizer) or first,special", "mixture")
     # sampling
     n: int = opt(1, "samples per prompt (they share one prefill)", "sampling")
     max_new_tokens: int = opt(512, "response tokens at most", "sampling")
@@ -109,7 +117,23 @@ class GenerateConfig:
             raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.mixture()  # the mixture options' own checks
         self._check_ray()
+
+    def mixture(self):
+        """The engine's MixtureConfig of these options (raises ValueError naming a bad one)."""
+        from ..config import MixtureConfig, support_spec
+
+        if isinstance(self.support_top_k, bool) or not isinstance(self.support_top_k, int) or self.support_top_k < 0:
+            raise ValueError(f"--support-top-k must be an int >= 0 (0 = off), got {self.support_top_k!r}")
+        if not isinstance(self.support_top_p, (int, float)) or not 0 < self.support_top_p <= 1:
+            raise ValueError(f"--support-top-p must lie in (0, 1] (1 = off), got {self.support_top_p!r}")
+        try:
+            return MixtureConfig(alpha_method=self.alpha_method, alpha=self.alpha, alpha_min=self.alpha_min,
+                                 alpha_max=self.alpha_max, support=support_spec(self.support_top_k, self.support_top_p),
+                                 force_teacher=self.force_teacher or "")
+        except ValueError as e:
+            raise ValueError(str(e).replace("force_teacher", "--force-teacher", 1)) from None
 
     def _check_ray(self) -> None:
         if self.ray is not None and not str(self.ray).strip():

@@ -13,7 +13,8 @@ from ..outputs import SampleOutput
 from ..prompts import as_messages
 
 TOKEN_ARRAYS = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t",
-                "ess_theta", "ess_t", "entropy_theta", "entropy_t")
+                "ess_theta", "ess_t", "entropy_theta", "entropy_t", "clamped", "forced")
+FLAGS = ("clamped", "forced")  # per-token 0/1: a clamp / a forced-teacher token decided alpha
 
 
 def hash64(sample_id, n: int) -> int:
@@ -50,9 +51,13 @@ def summary(o: SampleOutput) -> dict:
         kl_theta_mean=_mean(o.kl_theta), kl_t_mean=_mean(o.kl_t),
         ess_ratio_mean=_mean(o.ess_ratio), ess_theta_mean=_mean(o.ess_theta), ess_t_mean=_mean(o.ess_t),
         entropy_theta_mean=_mean(o.entropy_theta), entropy_t_mean=_mean(o.entropy_t),
-        clamped_frac=_mean(o.clamped),
+        clamped_frac=_mean(o.clamped), forced_frac=_mean(o.forced),
         seq_logw_theta=o.seq_logw_theta, seq_logw_t=o.seq_logw_t,
     )
+
+
+def _arrays(o: SampleOutput, names) -> dict:
+    return {k: [int(v) for v in getattr(o, k)] if k in FLAGS else getattr(o, k) for k in names}
 
 
 def record(o: SampleOutput, *, sample_idx: int, sample_id, prompt_theta, prompt_t, originals: dict,
@@ -63,7 +68,7 @@ def record(o: SampleOutput, *, sample_idx: int, sample_id, prompt_theta, prompt_
     rec.update(sample_idx=sample_idx, n=o.sample_index, sample_id=sample_id, **originals, **summary(o))
     if token_stats:
         rec["token_ids"] = o.token_ids
-        rec.update({k: getattr(o, k) for k in TOKEN_ARRAYS})
+        rec.update(_arrays(o, TOKEN_ARRAYS))
     return clean(rec)
 
 
@@ -72,5 +77,5 @@ def diagnostics(o: SampleOutput, *, sample_idx: int, sample_id, alpha_method: st
              **summary(o))
     if token_stats:
         d["token_ids"] = o.token_ids
-        d.update({k: getattr(o, k) for k in TOKEN_ARRAYS + ("ess_ratio",)})
+        d.update(_arrays(o, TOKEN_ARRAYS + ("ess_ratio",)))
     return clean(d)

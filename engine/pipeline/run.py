@@ -135,9 +135,10 @@ def load_pair(cfg: GenerateConfig):
     """Both models and the engine as the run's options say (also what each Ray replica loads)."""
     from ..api import create_optimal_sampling_model
 
-    return create_optimal_sampling_model(cfg.model_theta, cfg.model_t, alpha_method=cfg.alpha_method,
-                                         alpha=cfg.alpha, alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max,
-                                         device=cfg.device, dtype=cfg.dtype, max_batch_size=cfg.batch_size,
+    m = cfg.mixture()
+    return create_optimal_sampling_model(cfg.model_theta, cfg.model_t, alpha_method=m.alpha_method,
+                                         alpha=m.alpha, alpha_min=m.alpha_min, alpha_max=m.alpha_max,
+                                         support=m.support, force_teacher=m.force_teacher, device=cfg.device, dtype=cfg.dtype, max_batch_size=cfg.batch_size,
                                          threads=cfg.threads, backend=cfg.backend)
 
 

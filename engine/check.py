@@ -1,0 +1,343 @@
+"""`qstar check`: an exactness self-test on the user's own pair, backend, dtype and flags.
+
+    qstar check --model-theta P --model-t T [--backend hf|vllm] [mixture / sampling flags]
+
+1. First tokens: `--draws` samples of the first response token per prompt, from the engine as a
+   run would draw them, against the exact behaviour distribution computed in float64 from a
+   teacher-forced pass of both models (qstar_kernels reference math, controls included):
+   chi-square with cells of expected count < 5 pooled; p-value printed; FAIL below --p-min.
+   A draw the exact distribution gives probability 0 fails outright.
+2. Recompute: `--samples` full responses per prompt; every recorded per-token value (alpha,
+   logp_theta, logp_t, logq, logp_behavior, KLs, ESS, entropy of q, forced) is recomputed from a
+   teacher-forced pass over prompt + response, in float64. Error = |got - want| / max(1, |want|).
+3. The alpha equation: the recorded alpha put into the method's defining equation on the
+   teacher-forced distributions (qstar_kernels.equation_residual), tokens whose alpha a clamp or
+   a forced-teacher rule decided aside (those are checked against their rule instead).
+One PASS/FAIL table; exit 0 when every row passes, 1 when one fails, 2 on bad input.
+Not for: sampling datasets (pipeline/) or the math itself (qstar_kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+PROMPTS = ("What is 7 times 8? Answer with a number.",
+           "Write one sentence about the sea.",
+           "List three prime numbers.")
+# per-token values recomputed from the teacher-forced pass (SampleOutput field names)
+VALUES = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t", "ess_theta",
+          "ess_t", "entropy_q")
+TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 1e-1}
+FLAG_FIELDS = ("model_theta", "model_t", "alpha_method", "alpha", "alpha_min", "alpha_max", "support_top_k",
+               "support_top_p", "force_teacher", "temperature", "top_k", "top_p", "min_p", "seed",
+               "batch_size", "device", "dtype", "threads", "backend")
+
+
+@dataclass
+class Row:
+    name: str
+    value: str
+    limit: str
+    ok: bool
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    config: dict
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.ok for r in self.rows)
+
+    def table(self) -> str:
+        w = max(len(r.name) for r in self.rows) if self.rows else 10
+        v = max([len(r.value) for r in self.rows] + [5])
+        lines = [f"{'check':<{w}}  {'value':<{v}}  {'limit':<12}  result"]
+        lines += [f"{r.name:<{w}}  {r.value:<{v}}  {r.limit:<12}  {'PASS' if r.ok else 'FAIL'}" for r in self.rows]
+        failed = [r.name for r in self.rows if not r.ok]
+        lines.append(f"RESULT: {'PASS' if not failed else 'FAIL'} ({len(self.rows) - len(failed)}/{len(self.rows)} "
+                     f"rows pass{'; failed: ' + ', '.join(failed) if failed else ''})")
+        return "\n".join(lines)
+
+
+# ---- statistics ----------------------------------------------------------------------------
+def chi_square(counts: torch.Tensor, probs: torch.Tensor, n: int) -> tuple[float, int, float]:
+    """(statistic, degrees of freedom, p-value); cells with expected count < 5 pooled into one."""
+    exp_ = probs * n
+    big = exp_ >= 5
+    obs = torch.cat([counts[big], counts[~big].sum().view(1)])
+    ex = torch.cat([exp_[big], exp_[~big].sum().view(1)])
+    obs, ex = obs[ex > 0], ex[ex > 0]
+    dof = int(ex.numel()) - 1
+    if dof <= 0:
+        return 0.0, 0, 1.0
+    stat = float(((obs - ex) ** 2 / ex).sum())
+    p = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                      torch.tensor(stat / 2, dtype=torch.float64)))
+    return stat, dof, p
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """|got - want| / max(1, |want|); equal infinities count 0, one-sided infinity counts inf."""
+    same_inf = torch.isinf(got) & torch.isinf(want) & (torch.sign(got) == torch.sign(want))
+    err = (got - want).abs() / want.abs().clamp_min(1.0)
+    err = torch.where(same_inf, torch.zeros_like(err), err)
+    return torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
+
+
+# ---- the pair --------------------------------------------------------------------------------
+class Reference:
+    """Teacher-forced logits of both models (float64), and the exact mixture at each position."""
+
+    def __init__(self, qm, backend: str, mixture, sampling: dict):
+        from .loading import load_model
+
+        self.mixture, self.sampling = mixture, sampling
+        vocab = qm.pair.vocab
+        self.width, self.vocab_size = vocab.logits_width, vocab.vocab_size
+        if backend == "hf":
+            self.models = (qm.pair.model_theta, qm.pair.model_t)
+        else:  # the vLLM engine holds its own copies: load HF ones on CPU for the reference
+            dev = torch.device("cpu")
+            m_theta = load_model(qm.pair.path_theta, dev, torch.float32)[0]
+            m_t = m_theta if qm.pair.path_t == qm.pair.path_theta else load_model(qm.pair.path_t, dev, torch.float32)[0]
+            self.models = (m_theta, m_t)
+        self.special = torch.zeros(self.width, dtype=torch.bool)
+        if mixture.force_special:
+            ids = [i for i in vocab.special_ids if i < self.width]
+            self.special[ids] = True
+
+    @torch.no_grad()
+    def logits(self, ids: list[int], n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n_out, W) float64 logits of both models predicting the n_out tokens after ids[:len-n_out+1]."""
+        out = []
+        for model in self.models:
+            dev = next(model.parameters()).device
+            x = torch.tensor([ids], device=dev)
+            lg = model(input_ids=x).logits[0, -n_out:, :self.width]
+            out.append(lg.double().cpu())
+        return out[0], out[1]
+
+    def mixture_at(self, lg_theta, lg_t, first_position: bool):
+        from qstar_kernels import mix
+
+        m = self.mixture
+        force = None
+        if m.force_first:
+            force = torch.zeros(lg_theta.shape[0], dtype=torch.bool)
+            force[0] = first_position
+        return mix(lg_theta, lg_t, m.alpha_method, alpha=m.alpha, alpha_min=m.alpha_min, alpha_max=m.alpha_max,
+                   vocab_size=self.vocab_size, support_top_k=m.support_top_k, support_top_p=m.support_top_p,
+                   force=force, force_tokens=self.special if m.force_special else None, backend="torch")
+
+    def behaviour(self, logq):
+        from qstar_kernels import behaviour
+
+        s = self.sampling
+        return behaviour(logq, temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"])
+
+
+# ---- the three checks --------------------------------------------------------------------------
+def _errors(outs) -> list[Row]:
+    bad = [o for o in outs if o.finish_reason == "error"]
+    if not bad:
+        return []
+    return [Row("generation errors", str(len(bad)), "0", False, {"first": bad[0].error})]
+
+
+def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: float) -> list[Row]:
+    s = ref.sampling
+    outs = qm.generate(prompt_ids, n=draws, max_new_tokens=1, temperature=s["temperature"], top_k=s["top_k"],
+                       top_p=s["top_p"], min_p=s["min_p"], seed=seed, ignore_eos=True)
+    rows = _errors(outs)
+    if rows:
+        return rows
+    for i, ids in enumerate(prompt_ids):
+        toks = torch.tensor([o.token_ids[0] for o in outs[i * draws:(i + 1) * draws]])
+        lg_theta, lg_t = ref.logits(ids, 1)
+        probs = ref.behaviour(ref.mixture_at(lg_theta, lg_t, True).logq)[0].exp()
+        counts = torch.bincount(toks, minlength=ref.width)[:ref.width].double()
+        impossible = int(counts[probs == 0].sum())
+        stat, dof, p = chi_square(counts, probs, draws)
+        ok = impossible == 0 and p > p_min
+        value = f"p = {p:.3g}" + (f", {impossible} impossible" if impossible else "")
+        rows.append(Row(f"first token, prompt {i + 1} ({draws} draws)", value, f"p > {p_min:g}", ok,
+                        dict(chi2=stat, dof=dof, p=p, impossible_draws=impossible)))
+    return rows
+
+
+def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int, seed: int,
+              tol: float) -> list[Row]:
+    from qstar_kernels import equation_residual
+
+    s, m = ref.sampling, ref.mixture
+    outs = qm.generate(prompt_ids, n=samples, max_new_tokens=max_new_tokens, temperature=s["temperature"],
+                       top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"], seed=seed)
+    rows = _errors(outs)
+    if rows:
+        return rows
+    errs = {k: 0.0 for k in VALUES}
+    n_tok = outside = forced_mismatch = forced_bad = clamp_bad = n_forced = n_clamped = 0
+    resid = 0.0
+    for o in outs:
+        T = len(o.token_ids)
+        if T == 0:
+            continue
+        ids = prompt_ids[o.prompt_index]
+        lg_theta, lg_t = ref.logits(ids + o.token_ids[:-1], T)
+        mx = ref.mixture_at(lg_theta, lg_t, True)
+        tok = torch.tensor(o.token_ids)[:, None]
+        beh = ref.behaviour(mx.logq).gather(1, tok).squeeze(1)
+        want = dict(alpha=mx.alpha, logp_theta=mx.logp_theta.gather(1, tok).squeeze(1),
+                    logp_t=mx.logp_t.gather(1, tok).squeeze(1), logq=mx.logq.gather(1, tok).squeeze(1),
+                    logp_behavior=torch.where(torch.tensor(s["temperature"] == 0), torch.zeros_like(beh), beh),
+                    kl_theta=mx.kl_theta, kl_t=mx.kl_t, ess_theta=mx.ess_theta, ess_t=mx.ess_t, entropy_q=mx.entropy_q)
+        for k in VALUES:
+            got = torch.tensor(getattr(o, k), dtype=torch.float64)
+            errs[k] = max(errs[k], float(rel_err(got, want[k]).max()))
+        n_tok += T
+        outside += int((beh == float("-inf")).sum())
+        forced = torch.tensor(o.forced, dtype=torch.bool)
+        clamped = torch.tensor(o.clamped, dtype=torch.bool)
+        alpha = torch.tensor(o.alpha, dtype=torch.float64)
+        forced_mismatch += int((forced != mx.forced).sum())
+        forced_bad += int((forced & (alpha != 0)).sum())
+        n_forced += int(forced.sum())
+        n_clamped += int((clamped & ~forced).sum())
+        free = ~forced
+        clamp_bad += int((free & ((alpha < m.alpha_min - 1e-6) | (alpha > m.alpha_max + 1e-6))).sum())
+        solved = ~forced & ~clamped
+        if solved.any():
+            r = equation_residual(lg_theta[solved], lg_t[solved], alpha[solved], m.alpha_method,
+                                  vocab_size=ref.vocab_size, support_top_k=m.support_top_k,
+                                  support_top_p=m.support_top_p)
+            resid = max(resid, float(r.max()))
+    label = f"({len(outs)} samples, {n_tok} tokens)"
+    rows.append(Row(f"tokens outside the behaviour support {label}", str(outside), "0", outside == 0))
+    for k in VALUES:
+        rows.append(Row(f"recompute {k}", f"max err {errs[k]:.2g}", f"<= {tol:g}", errs[k] <= tol))
+    rows.append(Row("forced flags match the rule", f"{forced_mismatch} mismatches", "0", forced_mismatch == 0,
+                    dict(forced=n_forced)))
+    rows.append(Row(f"forced tokens have alpha = 0 ({n_forced} forced)", f"{forced_bad} violations", "0",
+                    forced_bad == 0, dict(forced=n_forced)))
+    rows.append(Row(f"alpha inside [alpha_min, alpha_max] ({n_clamped} clamped)", f"{clamp_bad} violations", "0",
+                    clamp_bad == 0, dict(clamped=n_clamped)))
+    rows.append(Row(f"alpha equation ({m.alpha_method})", f"max residual {resid:.2g}", f"<= {tol:g}", resid <= tol))
+    return rows
+
+
+def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: dict | None = None,
+          prompts=PROMPTS, draws: int = 2000, samples: int = 2, max_new_tokens: int = 32, p_min: float = 1e-3,
+          tolerance: float | None = None, chat_template: bool = True, device=None, dtype=None, threads=None,
+          batch_size: int = 8, log=print) -> Report:
+    """Run the three checks; returns the Report (see the module docstring)."""
+    from .api import create_optimal_sampling_model
+    from .config import MixtureConfig
+    from .prompts import render
+
+    mixture = mixture or MixtureConfig()
+    sampling = dict(dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0), **(sampling or {}))
+    qm = create_optimal_sampling_model(model_theta, model_t, alpha_method=mixture.alpha_method, alpha=mixture.alpha,
+                                       alpha_min=mixture.alpha_min, alpha_max=mixture.alpha_max,
+                                       support=mixture.support, force_teacher=mixture.force_teacher,
+                                       device=device, dtype=dtype, backend=backend, max_batch_size=batch_size,
+                                       threads=threads)
+    dtype_name = qm.engine_cfg.dtype
+    tol = TOLERANCE.get(dtype_name, 1e-3) if tolerance is None else tolerance
+    config = dict(model_theta=str(model_theta), model_t=str(model_t), backend=backend, device=qm.engine_cfg.device,
+                  dtype=dtype_name, **asdict(mixture), **sampling, draws=draws, samples=samples,
+                  max_new_tokens=max_new_tokens, p_min=p_min, tolerance=tol)
+    report = Report(config=config)
+    ref = Reference(qm, backend, mixture, sampling)
+    prompt_ids = [render(qm.tokenizer, p, chat_template=chat_template) for p in prompts]
+    log(f"qstar check: {len(prompts)} prompts x {draws} first-token draws ...")
+    report.rows += first_tokens(qm, ref, prompt_ids, draws, sampling["seed"], p_min)
+    log(f"qstar check: recomputing {len(prompts)} x {samples} samples of up to {max_new_tokens} tokens ...")
+    report.rows += recompute(qm, ref, prompt_ids, samples, max_new_tokens, sampling["seed"] + 1, tol)
+    return report
+
+
+# ---- command line ------------------------------------------------------------------------------
+def add_parser(sub) -> argparse.ArgumentParser:
+    from .cli import GROUPS, add_config_flags
+
+    p = sub.add_parser("check", help="exactness self-test of a pair, backend, dtype and flags (PASS/FAIL table)",
+                       description=__doc__.split("\n\n")[1].strip() + "\n\nDraws first tokens and compares them "
+                       "with the exact behaviour distribution (chi-square), recomputes the recorded per-token "
+                       "values of a few samples, checks the alpha equation. Exit 0 = every row PASS, 1 = a row "
+                       "FAILs, 2 = bad input.",
+                       argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = add_config_flags(p, {k: v for k, v in GROUPS.items() if k not in ("data", "output")}, FLAG_FIELDS)
+    g = p.add_argument_group("check")
+    g.add_argument("--prompt", action="append", dest="prompts", default=None,
+                   help="a prompt to test (repeatable; default: three built-in short prompts)")
+    g.add_argument("--draws", type=int, default=2000, help="first-token draws per prompt for the chi-square test")
+    g.add_argument("--samples", type=int, default=2, help="full samples per prompt whose values are recomputed")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="response tokens per recomputed sample")
+    g.add_argument("--p-min", type=float, default=1e-3, help="a first-token row fails when its p-value is below "
+                   "this (an exact sampler fails a row with this probability; rerun with another --seed)")
+    g.add_argument("--tolerance", type=float, default=None, help="max recompute error |got - want| / max(1, |want|) "
+                   f"and alpha-equation residual (default by dtype: {TOLERANCE})")
+    g.add_argument("--no-chat-template", action="store_true", default=False,
+                   help="use the prompts as plain text (default: the tokenizer's chat template)")
+    g.add_argument("--json", default=None, help="also write the table and the details to this JSON file")
+    del groups
+    return p
+
+
+def _options(ns: argparse.Namespace) -> dict:
+    from .config import MixtureConfig, SamplingParams, support_spec
+    from .pipeline.config import GenerateConfig
+
+    defaults = {f: GenerateConfig.__dataclass_fields__[f].default for f in FLAG_FIELDS}
+    v = {**defaults, **{k: getattr(ns, k) for k in FLAG_FIELDS if hasattr(ns, k)}}
+    for name in ("model_theta", "model_t"):
+        if not v[name]:
+            raise ValueError(f"--{name.replace('_', '-')} is required")
+    k, p = v["support_top_k"], v["support_top_p"]
+    if k < 0:
+        raise ValueError(f"--support-top-k must be an int >= 0 (0 = off), got {k}")
+    if not 0 < p <= 1:
+        raise ValueError(f"--support-top-p must lie in (0, 1] (1 = off), got {p}")
+    mixture = MixtureConfig(alpha_method=v["alpha_method"], alpha=v["alpha"], alpha_min=v["alpha_min"],
+                            alpha_max=v["alpha_max"], support=support_spec(k, p), force_teacher=v["force_teacher"] or "")
+    sampling = dict(temperature=v["temperature"], top_k=v["top_k"], top_p=v["top_p"], min_p=v["min_p"], seed=v["seed"])
+    SamplingParams(**{k_: v_ for k_, v_ in sampling.items()})  # its checks name a bad value
+    for name, low in (("draws", 1), ("samples", 1), ("max_new_tokens", 1)):
+        if getattr(ns, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(ns, name)}")
+    if not 0 < ns.p_min < 1:
+        raise ValueError(f"--p-min must lie in (0, 1), got {ns.p_min}")
+    if ns.tolerance is not None and not ns.tolerance > 0:
+        raise ValueError(f"--tolerance must be > 0, got {ns.tolerance}")
+    return dict(model_theta=v["model_theta"], model_t=v["model_t"], backend=v["backend"], mixture=mixture,
+                sampling=sampling, prompts=tuple(ns.prompts or PROMPTS), draws=ns.draws, samples=ns.samples,
+                max_new_tokens=ns.max_new_tokens, p_min=ns.p_min, tolerance=ns.tolerance,
+                chat_template=not ns.no_chat_template, device=v["device"], dtype=v["dtype"], threads=v["threads"],
+                batch_size=v["batch_size"])
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Exit code: 0 every row passes, 1 a row fails, 2 bad input (one line on stderr)."""
+    try:
+        opts = _options(ns)
+        report = check(**opts, log=lambda msg: print(msg, file=sys.stderr))
+    except (ValueError, OSError) as e:
+        print(f"qstar check: error: {e}", file=sys.stderr)
+        return 2
+    c = report.config
+    print(f"qstar check: {c['model_theta']} | {c['model_t']} | backend {c['backend']} | {c['device']} {c['dtype']} "
+          f"| {c['alpha_method']} | support {c['support'] or 'off'} | force_teacher {c['force_teacher'] or 'off'}")
+    print(report.table())
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(dict(config=report.config, passed=report.passed,
+                                                 rows=[asdict(r) for r in report.rows]), indent=1, default=str))
+    return 0 if report.passed else 1

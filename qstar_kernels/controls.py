@@ -1,0 +1,118 @@
+"""Mixture controls wrapped around any backend's `mix` / `step`: the support restriction to pi_t's
+top-k / nucleus set and forced-teacher rows (a = 0).
+
+Support S (support_top_k K, support_top_p P): pi_t's top-K tokens, then the smallest prefix of
+them, most likely first (ties by token id), whose mass renormalised on the top-K reaches P — the
+sampler's own top-k -> top-p rule (ref_sample.prefix_keep) applied to pi_t. Both logits are set to
+-inf outside S, so the backend solves alpha and computes q, its statistics, logq and
+logp_behavior on the restricted, renormalised distributions; logp_theta / logp_t are then
+replaced by the unrestricted models' log-probs (what importance weights need).
+
+Forced rows (force (B,) bool, or pi_t's argmax in force_tokens (V,) bool): the row is recomputed
+with method "fixed", a = 0 and no clamps, so q = pi_t (restricted when S is set), and
+`forced` records it. A row whose pi_theta has no mass inside S is forced too (the restricted
+pi_theta does not exist there). The forced recomputation draws with the same (seed, key,
+position), so the token is exactly a draw from pi_t's behaviour distribution.
+
+Everything here is tensor ops on the logits' device with no host sync, except on CPU, where the
+forced rows are picked out with nonzero() (free there) so that only they are recomputed.
+Not for: the mixture math itself (ref_mix / triton_mix / cpu_step) or parsing user strings.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from .ref_mix import compute_dtype, log_softmax_masked
+from .ref_sample import prefix_keep
+
+NEG_INF = float("-inf")
+
+
+def check_controls(B: int, V: int, device, support_top_k, support_top_p, force, force_tokens) -> None:
+    if isinstance(support_top_k, bool) or not isinstance(support_top_k, int) or support_top_k < 0:
+        raise ValueError(f"support_top_k must be an int >= 0 (0 = off), got {support_top_k!r}")
+    if not isinstance(support_top_p, (int, float)) or not 0.0 < support_top_p <= 1.0:
+        raise ValueError(f"support_top_p must lie in (0, 1] (1 = off), got {support_top_p!r}")
+    for name, t, shape in (("force", force, (B,)), ("force_tokens", force_tokens, (V,))):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.bool or tuple(t.shape) != shape:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a bool tensor of shape {shape}, got {got}")
+        if t.device != torch.device(device):
+            raise ValueError(f"{name} is on {t.device} but the logits are on {device}")
+
+
+def active(support_top_k: int, support_top_p: float, force, force_tokens) -> bool:
+    return support_top_k > 0 or support_top_p < 1.0 or force is not None or force_tokens is not None
+
+
+def support_keep(logits_t: torch.Tensor, vocab_size: int | None, top_k: int, top_p: float) -> torch.Tensor:
+    """(B, V) bool: pi_t's top-k set, then its nucleus (see the module docstring)."""
+    x = logits_t.to(compute_dtype(logits_t))
+    B, V = x.shape
+    if vocab_size is not None and vocab_size < V:
+        x = x.clone()
+        x[:, vocab_size:] = NEG_INF
+    k = torch.full((B,), top_k, dtype=torch.int64, device=x.device)
+    p = torch.full((B,), top_p, dtype=x.dtype, device=x.device)
+    return prefix_keep(x, k, p, torch.zeros_like(p)) & (x > NEG_INF)
+
+
+def _model_logp(logits: torch.Tensor, vocab_size: int | None, tokens: torch.Tensor | None):
+    """Unrestricted log-probs: (B, V) when tokens is None, else (B,) at the tokens."""
+    lp = log_softmax_masked(logits, vocab_size)
+    return lp if tokens is None else lp.gather(1, tokens[:, None]).squeeze(1)
+
+
+def _merge_rows(out, sub, rows: torch.Tensor | None, mask: torch.Tensor) -> None:
+    """out.field[r] = sub.field[...] for the forced rows: by index (rows) or by where (mask)."""
+    for f in fields(out):
+        a, b = getattr(out, f.name), getattr(sub, f.name)
+        if a is None or b is None:
+            continue
+        if rows is not None:
+            a = a.clone()
+            a[rows] = b.to(a.dtype)
+        else:
+            m = mask.view(-1, *([1] * (a.dim() - 1)))
+            a = torch.where(m, b.to(a.dtype), a)
+        setattr(out, f.name, a)
+
+
+def apply(core, logits_theta, logits_t, method, alpha, vocab_size, support_top_k, support_top_p,
+          force, force_tokens, per_token: bool):
+    """core(xp, xt, method, alpha, clamps, rows) -> Mixture or Step (rows: None = all rows, else
+    a LongTensor of the rows to compute). per_token: Step (gather logp at the tokens) or Mixture."""
+    B = logits_theta.shape[0]
+    restricted = support_top_k > 0 or support_top_p < 1.0
+    xp, xt = logits_theta, logits_t
+    forced = torch.zeros(B, dtype=torch.bool, device=xp.device) if force is None else force.clone()
+    if restricted:
+        keep = support_keep(logits_t, vocab_size, support_top_k, support_top_p)
+        xt = logits_t.masked_fill(~keep, NEG_INF)
+        inside = logits_theta.masked_fill(~keep, NEG_INF)
+        dead = ~(inside > NEG_INF).any(1)  # pi_theta has no mass in S: only pi_t is defined there
+        xp = torch.where(dead[:, None], logits_theta, inside)
+        forced |= dead
+    if force_tokens is not None:
+        width = xt.shape[1] if vocab_size is None else vocab_size
+        forced |= force_tokens[logits_t[:, :width].argmax(-1)]
+    out = core(xp, xt, method, alpha, None, None)
+    can_force = force is not None or force_tokens is not None or restricted
+    if can_force:
+        zero = torch.zeros_like(alpha)
+        if xp.is_cuda:  # no host sync: recompute every row, keep the forced ones
+            _merge_rows(out, core(xp, xt, "fixed", zero, (0.0, 1.0), None), None, forced)
+        else:
+            rows = forced.nonzero().squeeze(1)
+            if rows.numel():
+                _merge_rows(out, core(xp, xt, "fixed", zero, (0.0, 1.0), rows), rows, forced)
+    if restricted:
+        tokens = out.tokens if per_token else None
+        out.logp_theta = _model_logp(logits_theta, vocab_size, tokens)
+        out.logp_t = _model_logp(logits_t, vocab_size, tokens)
+    out.forced = forced
+    return out
