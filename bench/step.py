@@ -1,6 +1,7 @@
 """CPU timings of one decode `step` (mix + sample + gathers): reference (torch) vs fused C (cpu).
 
     python -m bench.step [--batch 1 8] [--vocab 49152 151936] [--threads 1] [--repeat 7]
+    python -m bench.step --controls [...]   # cost of the mixture controls on the fused C step
 
 Methods fixed / kl_symmetry / ess_balance, two logit regimes: "uniform" (a random tiny model:
 randn * 0.05, every token within a few nats of the max, so the Gumbel race touches the whole
@@ -52,6 +53,36 @@ def run(batches, vocabs, regimes, repeat):
     return rows
 
 
+CONTROLS = {"plain": {}, "support_k50": dict(support_top_k=50), "support_p95": dict(support_top_p=0.95),
+            "force_1row": "force", "all": "all"}
+
+
+def run_controls(batches, vocabs, regimes, repeat, backend="cpu"):
+    """kl_symmetry step with each control on vs off (ratios to plain measured side by side)."""
+    rows = []
+    for regime in regimes:
+        for V in vocabs:
+            for B in batches:
+                lp, lt = logits(regime, B, V)
+                force = torch.zeros(B, dtype=torch.bool)
+                force[0] = True  # force_teacher "first": one row of the batch starts its response
+                special = torch.zeros(V, dtype=torch.bool)
+                special[:8] = True
+                row = dict(regime=regime, B=B, V=V, backend=backend)
+                for name, ctl in CONTROLS.items():
+                    if ctl == "force":
+                        ctl = dict(force=force)
+                    elif ctl == "all":
+                        ctl = dict(support_top_k=50, support_top_p=0.95, force=force, force_tokens=special)
+                    ms, _ = timed(lambda: step(lp, lt, "kl_symmetry", backend=backend, keys=torch.arange(B),
+                                               positions=3, seed=1, validate=False, **ctl), repeat)
+                    row[f"{name}_ms"] = round(ms, 3)
+                for name in list(CONTROLS)[1:]:
+                    row[f"{name}_over_plain"] = round(row[f"{name}_ms"] / row["plain_ms"], 2)
+                rows.append(row)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -60,8 +91,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch.set_num_threads (the C kernel uses as many)")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--controls", action="store_true", help="time the mixture controls (support, forcing) "
+                    "on the fused C step instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.controls:
+        rows = run_controls(args.batch, args.vocab, args.regime, args.repeat)
+        cols = ["regime", "B", "V"] + [f"{n}_ms" for n in CONTROLS] + [f"{n}_over_plain" for n in list(CONTROLS)[1:]]
+        report("step_controls_cpu", rows, cols, threads=args.threads)
+        return
     rows = run(args.batch, args.vocab, args.regime, args.repeat)
     cols = ["regime", "B", "V"] + [f"{be}_{m}_ms" for be in BACKENDS for m in METHODS] + [
         "torch_kl_over_fixed", "cpu_kl_over_fixed", "cpu_kl_minus_fixed_ms", "cpu_kl_iters_max",

@@ -14,8 +14,10 @@ with method "fixed", a = 0 and no clamps, so q = pi_t (restricted when S is set)
 pi_theta does not exist there). The forced recomputation draws with the same (seed, key,
 position), so the token is exactly a draw from pi_t's behaviour distribution.
 
-Everything here is tensor ops on the logits' device with no host sync, except on CPU, where the
-forced rows are picked out with nonzero() (free there) so that only they are recomputed.
+Everything here is tensor ops on the logits' device with no host sync on CUDA (a stable sort of
+pi_t's row for S; every row recomputed when forcing can happen). On CPU, where host syncs are
+free and a full sort costs ~10x the fused step, S comes from a top-k of candidates and only
+the forced rows are recomputed.
 Not for: the mixture math itself (ref_mix / triton_mix / cpu_step) or parsing user strings.
 """
 from __future__ import annotations
@@ -51,20 +53,75 @@ def active(support_top_k: int, support_top_p: float, force, force_tokens) -> boo
 
 def support_keep(logits_t: torch.Tensor, vocab_size: int | None, top_k: int, top_p: float) -> torch.Tensor:
     """(B, V) bool: pi_t's top-k set, then its nucleus (see the module docstring)."""
-    x = logits_t.to(compute_dtype(logits_t))
+    # On CPU in float64: the nucleus boundary is a cumulative sum, and fp32 rounding of it can
+    # move the boundary token between the two (equivalent) ways of computing the set.
+    x = logits_t.to(compute_dtype(logits_t) if logits_t.is_cuda else torch.float64)
     B, V = x.shape
     if vocab_size is not None and vocab_size < V:
         x = x.clone()
         x[:, vocab_size:] = NEG_INF
+    if not x.is_cuda:
+        return _support_keep_candidates(x, top_k, top_p)
+    return _support_keep_sorted(x, top_k, top_p)
+
+
+def _support_keep_sorted(x, top_k: int, top_p: float) -> torch.Tensor:
+    """The definition: a stable sort of the whole row (device ops only; what CUDA runs)."""
+    B = x.shape[0]
     k = torch.full((B,), top_k, dtype=torch.int64, device=x.device)
     p = torch.full((B,), top_p, dtype=x.dtype, device=x.device)
     return prefix_keep(x, k, p, torch.zeros_like(p)) & (x > NEG_INF)
 
 
+CANDIDATES = (1024, 16384)  # top-p alone: sort only this many of the most likely tokens first
+
+
+def _support_keep_candidates(x, top_k: int, top_p: float, tries=CANDIDATES) -> torch.Tensor:
+    """The same set without sorting the whole row (CPU, where a full sort is ~10x the fused step):
+    take the K0 most likely tokens (K0 = top_k, else tries[0]) plus every tie of the K0-th,
+    sort those by (-x, id), apply the rule; a row whose nucleus reaches past the candidates
+    (their mass < top_p) is redone with the next size, then by the full sort. Host syncs here
+    are free on CPU."""
+    B, V = x.shape
+    k0 = min(V, top_k if top_k > 0 else tries[0])
+    kth = torch.topk(x, k0, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    cand = (x >= kth) & (x > NEG_INF)
+    counts = cand.sum(-1)
+    width = int(counts.max())
+    rows, cols = cand.nonzero(as_tuple=True)  # row-major: ids ascending within a row
+    slot = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows]
+    vals = torch.full((B, width), NEG_INF, dtype=x.dtype)
+    ids = torch.full((B, width), V, dtype=torch.int64)  # padding lands in a spare column V
+    vals[rows, slot] = x[rows, cols]
+    ids[rows, slot] = cols
+    sv, order = torch.sort(vals, dim=-1, descending=True, stable=True)  # ties keep id order
+    keep = sv > NEG_INF
+    if top_k > 0:
+        keep &= torch.arange(width)[None, :] < top_k
+    redo = torch.zeros(B, dtype=torch.bool)
+    if top_p < 1:
+        kept = torch.where(keep, sv, NEG_INF)
+        lse = torch.logsumexp(kept if top_k > 0 else x, -1, keepdim=True)  # top-k: renormalised on it
+        probs = (kept - lse).exp()
+        before = torch.cumsum(probs, -1) - probs
+        if top_k == 0:
+            redo = probs.sum(-1) < top_p  # the nucleus may go on past the candidates
+        keep &= before < top_p
+    out = torch.zeros((B, V + 1), dtype=torch.bool).scatter_(1, ids.gather(1, order), keep)[:, :V]
+    if bool(redo.any()):
+        more = tries[1:] if top_k == 0 and k0 < V else ()
+        out[redo] = (_support_keep_candidates(x[redo], top_k, top_p, more) if more
+                     else _support_keep_sorted(x[redo], top_k, top_p))
+    return out
+
+
 def _model_logp(logits: torch.Tensor, vocab_size: int | None, tokens: torch.Tensor | None):
     """Unrestricted log-probs: (B, V) when tokens is None, else (B,) at the tokens."""
-    lp = log_softmax_masked(logits, vocab_size)
-    return lp if tokens is None else lp.gather(1, tokens[:, None]).squeeze(1)
+    if tokens is None:
+        return log_softmax_masked(logits, vocab_size)
+    x = logits[:, :vocab_size] if vocab_size is not None else logits
+    x = x.to(compute_dtype(logits))
+    return x.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(x, -1)
 
 
 def _merge_rows(out, sub, rows: torch.Tensor | None, mask: torch.Tensor) -> None:

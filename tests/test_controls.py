@@ -217,3 +217,21 @@ def test_equation_residual_zero_at_the_solution_only(method, sup):
     if method != "fixed":  # moving alpha off the solution must show
         off = equation_residual(lp, lt, (m.alpha + 0.1).clamp(max=1.0), method, **sup)
         assert (off > 1e-4).all(), off
+
+
+@pytest.mark.parametrize("k,p", [(0, 0.5), (0, 0.95), (0, 0.999), (7, 1.0), (50, 0.9), (3000, 0.99), (1, 0.5)])
+def test_candidate_support_equals_the_full_sort(k, p):
+    """The CPU path (top-k of candidates, full sort only when the nucleus reaches past them) gives
+    exactly the set of the definition (a stable sort of the whole row), ties and flat rows included."""
+    from qstar_kernels.controls import _support_keep_candidates, _support_keep_sorted, support_keep
+
+    g = torch.Generator().manual_seed(k + int(p * 1000))
+    rows = [torch.randn(6, 5000, generator=g, dtype=torch.float64) * s for s in (0.05, 1.0, 4.0)]
+    tied = (torch.randn(4, 5000, generator=g) * 2).round().double()  # many exact ties
+    masked = torch.randn(2, 5000, generator=g, dtype=torch.float64)
+    masked[:, 100:] = NEG_INF
+    x = torch.cat(rows + [tied, masked])
+    assert torch.equal(_support_keep_candidates(x, k, p), _support_keep_sorted(x, k, p))
+    # fp32 logits are taken to fp64 on CPU first (support_keep), so the same holds for them
+    x32 = x.float()
+    assert torch.equal(support_keep(x32, None, k, p), _support_keep_sorted(x32.double(), k, p))
