@@ -17,7 +17,8 @@ def _row(values, token=7):
 
 
 def test_round_trip_within_stated_bound_and_argmax_is_the_token():
-    vals = [0.3, -5.25, -20.0, -1e-7, 0.0, 3.7, 150.0, 1e-3, 0.99, 2.0, 11.0, 0.0, -0.693, 7.0, 1e-6, 1.0]
+    vals = [0.3, -5.25, -20.0, -1e-7, 0.0, 3.7, 150.0, 1e-3, 0.99, 2.0, 11.0, 0.0, -0.693, 7.0, 1e-6, 1.0, 1.0]
+    assert len(vals) == len(codec.FIELDS)
     row = _row(vals)
     lp = torch.log_softmax(row, dim=-1)
     assert torch.equal(lp[0, :W], row[0, :W])  # extra columns change nothing: exp() underflows to 0

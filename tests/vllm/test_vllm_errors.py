@@ -73,6 +73,11 @@ def test_requests_without_qstar_args_are_refused(engine_a):
         engine_a.engine.llm.generate(["hello"], SamplingParams(max_tokens=2), use_tqdm=False)
     with pytest.raises((ValueError, VLLMValidationError), match="temperature must be 0"):
         q = dict(key=0, seed=0, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, alpha_method="fixed",
-                 alpha=0.5, alpha_min=0.0, alpha_max=1.0)
+                 alpha=0.5, alpha_min=0.0, alpha_max=1.0, support_top_k=0, support_top_p=1.0,
+                 force_first=False, force_special=False)
         engine_a.engine.llm.generate(["hello"], SamplingParams(max_tokens=2, temperature=1.0,
+                                                               extra_args={"qstar": q}), use_tqdm=False)
+    with pytest.raises((ValueError, VLLMValidationError), match="support_top_p"):
+        q.update(support_top_p=0.0)
+        engine_a.engine.llm.generate(["hello"], SamplingParams(max_tokens=2, temperature=0.0,
                                                                extra_args={"qstar": q}), use_tqdm=False)

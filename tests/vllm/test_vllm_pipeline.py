@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 ROWS = [{"problem": f"what is {i} plus {i}?", "answer": str(2 * i), "id": f"q{i}"} for i in range(4)]
-STRICT = ("alpha", "alpha_mean", "alpha_std", "logq", "logp_behavior", "clamped_frac", "num_tokens")
+STRICT = ("alpha", "alpha_mean", "alpha_std", "logq", "logp_behavior", "clamped_frac", "forced_frac", "num_tokens")
+# the mixture controls ride along (they change nothing in how records are written)
+CONTROLS = ("--support-top-k", "30", "--support-top-p", "0.95", "--force-teacher", "first,special")
 
 
 def _run(pair, ds, out, *extra):
@@ -42,8 +44,8 @@ def _same(key, a, b):
 def test_records_and_diagnostics_match_hf(pair_a, tmp_path):
     ds = tmp_path / "d.jsonl"
     ds.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    assert _run(pair_a, ds, tmp_path / "hf.jsonl") == 0
-    assert _run(pair_a, ds, tmp_path / "vllm.jsonl", "--backend", "vllm") == 0
+    assert _run(pair_a, ds, tmp_path / "hf.jsonl", *CONTROLS) == 0
+    assert _run(pair_a, ds, tmp_path / "vllm.jsonl", "--backend", "vllm", *CONTROLS) == 0
     for suffix in (".jsonl", ".diagnostics.jsonl"):
         hf, vl = _lines(tmp_path / f"hf{suffix}"), _lines(tmp_path / f"vllm{suffix}")
         assert hf.keys() == vl.keys() and len(hf) == len(ROWS) * 2
@@ -51,7 +53,8 @@ def test_records_and_diagnostics_match_hf(pair_a, tmp_path):
             assert vl[k].keys() == hf[k].keys()
             bad = [f for f in hf[k] if not _same(f, vl[k][f], hf[k][f])]
             assert not bad, (k, bad, {f: (vl[k][f], hf[k][f]) for f in bad})
-    assert _run(pair_a, ds, tmp_path / "vllm.jsonl", "--backend", "vllm") == 0  # resume: nothing left
+            assert vl[k]["forced"][0] == 1 and vl[k]["alpha"][0] == 0.0  # --force-teacher first
+    assert _run(pair_a, ds, tmp_path / "vllm.jsonl", "--backend", "vllm", *CONTROLS) == 0  # resume: nothing left
 
 
 def test_per_side_prompts_are_refused_before_loading(pair_a, tmp_path):

@@ -72,7 +72,9 @@ class VLLMEngine:
         q = dict(key=int(req.key), seed=int(params.seed), temperature=float(params.temperature),
                  top_k=int(params.top_k), top_p=float(params.top_p), min_p=float(params.min_p),
                  alpha_method=m.alpha_method, alpha=float(m.alpha), alpha_min=float(m.alpha_min),
-                 alpha_max=float(m.alpha_max))
+                 alpha_max=float(m.alpha_max), support_top_k=int(m.support_top_k),
+                 support_top_p=float(m.support_top_p), force_first=bool(m.force_first),
+                 force_special=bool(m.force_special))
         room = self.pair.max_model_len - len(req.ids_theta)
         return VSP(temperature=0.0, max_tokens=min(params.max_new_tokens, room), ignore_eos=params.ignore_eos,
                    stop_token_ids=[] if params.ignore_eos else sorted(self.pair.vocab.eos_ids),
@@ -154,22 +156,26 @@ class VLLMEngine:
 class QStarVLLM(OptimalSamplingModel):
     """create_optimal_sampling_model(..., backend="vllm"): the pair inside one vLLM engine.
 
-    alpha is the weight on pi_theta. engine options: max_batch_size (vLLM max_num_seqs),
-    kernels_backend (QSTAR_BACKEND for the sampler step), cuda_graphs (False = enforce_eager),
-    tensor_parallel_size (both models; tensor_parallel_size_t must equal it), kv_cache_gib (CPU
-    KV cache), max_model_len, and any other vllm.LLM keyword via vllm_kwargs.
+    alpha is the weight on pi_theta. support ("t_top_k:K,t_top_p:P") and force_teacher
+    ("first,special") are the hf engine's mixture controls (MixtureConfig, same semantics and
+    draws). engine options: max_batch_size (vLLM max_num_seqs), kernels_backend (QSTAR_BACKEND
+    for the sampler step), cuda_graphs (False = enforce_eager), tensor_parallel_size (both
+    models; tensor_parallel_size_t must equal it), kv_cache_gib (CPU KV cache), max_model_len,
+    and any other vllm.LLM keyword via vllm_kwargs.
     """
 
     def __init__(self, model_theta, model_t, alpha_method: str = "kl_symmetry", alpha: float = 0.5,
                  device: str | None = None, dtype: str | None = None, *, alpha_min: float = 0.0,
-                 alpha_max: float = 1.0, tokenizer=None, max_batch_size: int = 8, threads: int | None = None,
+                 alpha_max: float = 1.0, support: str = "", force_teacher: str = "", tokenizer=None,
+                 max_batch_size: int = 8, threads: int | None = None,
                  kernels_backend: str = "auto", cuda_graphs: bool = True, tensor_parallel_size: int = 1,
                  tensor_parallel_size_t: int | None = None, kv_cache_gib: float | None = None,
                  max_model_len: int | None = None, trust_remote_code: bool = False, vllm_kwargs: dict | None = None):
         if tokenizer is not None:
             raise PairError("the vllm backend uses the models' own tokenizer; drop tokenizer=")
         check_tp(tensor_parallel_size, tensor_parallel_size_t)
-        self.mixture = MixtureConfig(alpha_method=alpha_method, alpha=alpha, alpha_min=alpha_min, alpha_max=alpha_max)
+        self.mixture = MixtureConfig(alpha_method=alpha_method, alpha=alpha, alpha_min=alpha_min, alpha_max=alpha_max,
+                                     support=support, force_teacher=force_teacher)
         self.engine_cfg = EngineConfig(device=device, dtype=dtype, max_batch_size=max_batch_size,
                                        kernels_backend=kernels_backend, cuda_graphs=cuda_graphs)
         cpu = self.engine_cfg.device == "cpu"
@@ -192,7 +198,8 @@ class QStarVLLM(OptimalSamplingModel):
 
         p, cfg = self.pair, self.engine_cfg
         overrides = dict(architectures=[ARCH], qstar_model_t=p.path_t, qstar_arch_theta=p.arch_theta,
-                         qstar_width=p.vocab.logits_width, qstar_vocab_size=p.vocab.vocab_size)
+                         qstar_width=p.vocab.logits_width, qstar_vocab_size=p.vocab.vocab_size,
+                         qstar_special_ids=sorted(int(i) for i in p.vocab.special_ids))
         kw = dict(model=p.path_theta, tokenizer=p.path_theta, hf_overrides=overrides, logits_processors=[FQCN],
                   logprobs_mode="processed_logprobs", max_logprobs=codec.NUM_LOGPROBS, dtype=cfg.dtype,
                   max_model_len=p.max_model_len, tensor_parallel_size=tp, max_num_seqs=cfg.max_batch_size,

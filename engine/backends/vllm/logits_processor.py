@@ -8,6 +8,11 @@ of extra columns (codec.py). Hence the engine must run with logprobs_mode="proce
 and every request with temperature=0 in vLLM's own SamplingParams; qstar's sampling settings
 travel per request in `extra_args["qstar"]` (REQUEST_KEYS). position = tokens generated so far
 (len(output_tok_ids)), so a draw never depends on batch makeup, as in the hf engine.
+The mixture controls are the hf engine's too: support_top_k / support_top_p per request,
+force_first (force = position == 0) and force_special (force_tokens = the tokenizer's special
+ids, which the adapter writes into the model config as qstar_special_ids). Rows are grouped by
+everything `step` takes as one python scalar per call (method, clamps, support k / p, force
+flags), one `step` per group.
 Not for: the math (qstar_kernels), building requests or reading outputs (adapter.py).
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ from qstar_kernels import step as mix_step
 from . import codec
 
 REQUEST_KEYS = ("key", "seed", "temperature", "top_k", "top_p", "min_p", "alpha_method", "alpha",
-                "alpha_min", "alpha_max")
+                "alpha_min", "alpha_max", "support_top_k", "support_top_p", "force_first", "force_special")
 FQCN = "engine.backends.vllm.logits_processor:QStarSampler"
 
 
@@ -47,6 +52,11 @@ class QStarSampler(LogitsProcessor):
         missing = [k for k in REQUEST_KEYS if k not in q]
         if missing:
             raise ValueError(f"extra_args['qstar'] lacks {missing}")
+        k, p = q["support_top_k"], q["support_top_p"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"extra_args['qstar']['support_top_k'] must be an int >= 0, got {k!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+            raise ValueError(f"extra_args['qstar']['support_top_p'] must lie in (0, 1], got {p!r}")
         if params.temperature != 0:
             raise ValueError(f"vLLM's temperature must be 0 for qstar requests (qstar draws the token "
                              f"itself; put the real temperature in extra_args['qstar']), got "
@@ -62,6 +72,10 @@ class QStarSampler(LogitsProcessor):
             raise ValueError(f"logits width {self.width} is too small to carry {codec.NUM_COLUMNS} "
                              "statistic columns")
         self.device = device
+        self.special = torch.zeros(self.width, dtype=torch.bool, device=device)  # force_tokens
+        ids = [int(i) for i in getattr(mc.hf_config, "qstar_special_ids", None) or () if 0 <= int(i) < self.width]
+        if ids:
+            self.special[torch.tensor(ids, device=device)] = True
         self.rows: dict[int, tuple[dict, list[int]]] = {}  # batch index -> (qstar args, output ids)
 
     def is_argmax_invariant(self) -> bool:
@@ -81,25 +95,30 @@ class QStarSampler(LogitsProcessor):
         groups: dict[tuple, list[int]] = {}
         for i in idx:
             q = self.rows[i][0]
-            groups.setdefault((q["alpha_method"], float(q["alpha_min"]), float(q["alpha_max"])), []).append(i)
-        for (method, a_min, a_max), rows in groups.items():
-            self._step_rows(logits, rows, method, a_min, a_max)
+            groups.setdefault((q["alpha_method"], float(q["alpha_min"]), float(q["alpha_max"]),
+                               int(q["support_top_k"]), float(q["support_top_p"]), bool(q["force_first"]),
+                               bool(q["force_special"])), []).append(i)
+        for key, rows in groups.items():
+            self._step_rows(logits, rows, *key)
         return logits
 
     def _col(self, rows, name, dtype):
         return torch.tensor([self.rows[i][0][name] for i in rows], dtype=dtype, device=self.device)
 
-    def _step_rows(self, logits, rows, method, a_min, a_max) -> None:
+    def _step_rows(self, logits, rows, method, a_min, a_max, support_k, support_p, force_first,
+                   force_special) -> None:
         W = self.width
         r = torch.tensor(rows, device=logits.device)
         f32, i64 = torch.float32, torch.int64
+        positions = torch.tensor([len(self.rows[i][1]) for i in rows], dtype=i64, device=self.device)
         st = mix_step(logits[r, :W], logits[r, W:2 * W], method, alpha=self._col(rows, "alpha", f32),
                       alpha_min=a_min, alpha_max=a_max, vocab_size=self.vocab,
                       temperature=self._col(rows, "temperature", f32), top_k=self._col(rows, "top_k", i64),
                       top_p=self._col(rows, "top_p", f32), min_p=self._col(rows, "min_p", f32),
                       seed=self._col(rows, "seed", i64), keys=self._col(rows, "key", i64),
-                      positions=torch.tensor([len(self.rows[i][1]) for i in rows], dtype=i64, device=self.device),
-                      validate=False)
+                      positions=positions, support_top_k=support_k, support_top_p=support_p,
+                      force=(positions == 0) if force_first else None,
+                      force_tokens=self.special if force_special else None, validate=False)
         values = torch.stack([getattr(st, f).to(f32) for f in codec.FIELDS], 1)  # (b, F)
         out = torch.full((len(rows), logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
         out[torch.arange(len(rows), device=logits.device), st.tokens] = 0.0

@@ -28,7 +28,7 @@ from .checks import check_pair_configs
 from .logits_processor import pair_width
 
 ARCH = "QStarPairForCausalLM"
-OVERRIDE_KEYS = ("qstar_model_t", "qstar_arch_theta", "qstar_width", "qstar_vocab_size")
+OVERRIDE_KEYS = ("qstar_model_t", "qstar_arch_theta", "qstar_width", "qstar_vocab_size", "qstar_special_ids")
 T_PREFIX = "t_model."
 
 
