@@ -20,7 +20,7 @@ import torch
 
 from bench.kernels import lm_like
 from bench.naive import naive_kl_bisection
-from qstar_kernels import METHODS, mix, sample
+from qstar_kernels import METHODS, mix, sample, step
 
 
 def cuda_ms(fn, repeat=20):
@@ -65,6 +65,18 @@ def correctness(B=8, V=151936):
         b = sample(logq, backend="torch", **args)
         same[json.dumps(kw)] = bool(torch.equal(a.tokens, b.tokens))
     out["sample_same_tokens"] = same
+    # mixture controls (support restriction + forced rows) on the fused step: Triton = reference
+    special = torch.zeros(V, dtype=torch.bool, device="cuda")
+    special[:16] = True
+    kw = dict(keys=torch.arange(B, device="cuda") * 7, positions=torch.arange(B, device="cuda"), seed=5,
+              support_top_k=50, support_top_p=0.95, force=torch.arange(B, device="cuda") % 4 == 0,
+              force_tokens=special)
+    a = step(lp.cuda(), lt.cuda(), "kl_symmetry", backend="triton", **kw)
+    b = step(lp.cuda(), lt.cuda(), "kl_symmetry", backend="torch", **kw)
+    out["controls"] = dict(same_tokens=bool(torch.equal(a.tokens, b.tokens)),
+                           same_forced=bool(torch.equal(a.forced, b.forced)),
+                           alpha=(a.alpha - b.alpha).abs().max().item(),
+                           logq=(a.logq - b.logq).abs().max().item())
     return out
 
 
@@ -91,6 +103,13 @@ def timings(batches, vocabs, repeat):
             for m in ("fixed", "kl_symmetry"):
                 row[f"{m}_pct_of_copy"] = 100 * copy_ms / row[f"triton_{m}_ms"]
             row["kl_over_fixed"] = row["triton_kl_symmetry_ms"] / row["triton_fixed_ms"]
+            force = torch.zeros(B, dtype=torch.bool, device="cuda")
+            force[0] = True
+            skw = dict(keys=keys, positions=pos, validate=False)
+            row["step_kl_ms"] = cuda_ms(lambda: step(lp, lt, "kl_symmetry", **skw), repeat)
+            row["step_controls_ms"] = cuda_ms(lambda: step(lp, lt, "kl_symmetry", support_top_k=50, support_top_p=0.95,
+                                                           force=force, **skw), repeat)
+            row["controls_over_kl"] = row["step_controls_ms"] / row["step_kl_ms"]
             row["naive_over_kl"] = row["naive_ms"] / row["triton_kl_symmetry_ms"]
             rows.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     return rows
@@ -115,11 +134,13 @@ def main(argv=None):
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=1)
     cols = ["B", "V", "triton_fixed_ms", "triton_kl_symmetry_ms", "triton_ess_balance_ms",
-            "triton_sample_ms", "torch_kl_ms", "naive_ms", "copy_ms", "kl_symmetry_pct_of_copy", "kl_over_fixed"]
+            "triton_sample_ms", "torch_kl_ms", "naive_ms", "copy_ms", "kl_symmetry_pct_of_copy", "kl_over_fixed",
+            "step_kl_ms", "step_controls_ms", "controls_over_kl"]
     print(" ".join(f"{c.replace('triton_', 't_')[:14]:>14}" for c in cols))
     for r in rows:
         print(" ".join(f"{r[c]:>14}" for c in cols))
-    ok = all(v["ok"] for k, v in corr.items() if k in METHODS) and all(corr["sample_same_tokens"].values())
+    ok = (all(v["ok"] for k, v in corr.items() if k in METHODS) and all(corr["sample_same_tokens"].values())
+          and corr["controls"]["same_tokens"] and corr["controls"]["same_forced"] and corr["controls"]["alpha"] <= 1e-5)
     print(json.dumps(dict(bench="gpu_check_kernels", correct=ok, rows=rows)))
     return 0 if ok else 1
 

@@ -96,13 +96,15 @@ class Engine:
                         f"{limit} positions (prompt + response): shorten or skip it")
         return None
 
-    def _start(self, req: Request, slot: int, prefixes: dict, remaining: dict, bufs) -> Row:
-        """Prefill both sides into `slot` (or copy the group's saved prefill)."""
+    def _start(self, req: Request, slot: int, prefixes: dict, remaining: dict, bufs, need_kv: bool = True) -> Row:
+        """Prefill both sides into `slot` (or copy the group's saved prefill; not even that when
+        no decode step will follow, need_kv=False: one-token requests)."""
         p = self.pair
         if req.group in prefixes:
             kv_theta, kv_t, lg_theta, lg_t = prefixes[req.group]
-            p.runner_theta.load_prefix(slot, kv_theta)
-            p.runner_t.load_prefix(slot, kv_t)
+            if need_kv:
+                p.runner_theta.load_prefix(slot, kv_theta)
+                p.runner_t.load_prefix(slot, kv_t)
         else:
             lg_theta = p.runner_theta.prefill(slot, req.ids_theta)
             lg_t = p.runner_t.prefill(slot, req.ids_t)
@@ -181,7 +183,8 @@ class Engine:
                 if err is None:
                     slot = free.pop()
                     try:
-                        active[slot] = self._start(req, slot, prefixes, remaining, bufs)
+                        active[slot] = self._start(req, slot, prefixes, remaining, bufs,
+                                                   need_kv=params.max_new_tokens > 1)
                         continue
                     except Exception as e:  # a request's failure never stops the others
                         free.append(slot)

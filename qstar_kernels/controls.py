@@ -157,16 +157,18 @@ def apply(core, logits_theta, logits_t, method, alpha, vocab_size, support_top_k
     if force_tokens is not None:
         width = xt.shape[1] if vocab_size is None else vocab_size
         forced |= force_tokens[logits_t[:, :width].argmax(-1)]
-    out = core(xp, xt, method, alpha, None, None)
-    can_force = force is not None or force_tokens is not None or restricted
-    if can_force:
-        zero = torch.zeros_like(alpha)
-        if xp.is_cuda:  # no host sync: recompute every row, keep the forced ones
-            _merge_rows(out, core(xp, xt, "fixed", zero, (0.0, 1.0), None), None, forced)
+    zero, pi_t = torch.zeros_like(alpha), (0.0, 1.0)  # forced rows: "fixed" at a = 0, no clamps
+    if xp.is_cuda:  # no host sync: compute every row both ways, keep the forced ones
+        out = core(xp, xt, method, alpha, None, None)
+        _merge_rows(out, core(xp, xt, "fixed", zero, pi_t, None), None, forced)
+    else:  # CPU: compute the forced rows only once, the way they are used
+        rows = forced.nonzero().squeeze(1)
+        if rows.numel() == B:
+            out = core(xp, xt, "fixed", zero, pi_t, None)
         else:
-            rows = forced.nonzero().squeeze(1)
+            out = core(xp, xt, method, alpha, None, None)
             if rows.numel():
-                _merge_rows(out, core(xp, xt, "fixed", zero, (0.0, 1.0), rows), rows, forced)
+                _merge_rows(out, core(xp, xt, "fixed", zero, pi_t, rows), rows, forced)
     if restricted:
         tokens = out.tokens if per_token else None
         out.logp_theta = _model_logp(logits_theta, vocab_size, tokens)
