@@ -253,3 +253,12 @@ def test_controls_reach_records_manifest_and_resume_guard(pair_dirs, tmp_path, c
     assert "force_teacher: 'first' -> None" in err
     assert run(pair_dirs, ds, out, "--force-teacher", "bogus") == 2
     assert "--force-teacher takes a comma-separated subset" in capsys.readouterr().err
+
+
+def test_controls_in_generate_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--support-top-k", "--support-top-p", "--force-teacher"):
+        assert flag in out
+    assert "first,special" in out and "nucleus" in out
