@@ -292,6 +292,13 @@ def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: 
 
     mixture = mixture or MixtureConfig()
     sampling = dict(dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0), **(sampling or {}))
+    prompts, prompts_t = tuple(prompts), tuple(prompts_t or prompts)
+    if len(prompts_t) != len(prompts):  # before any model loads
+        raise ValueError(f"--prompt-t given {len(prompts_t)} times but --prompt {len(prompts)} times: give one "
+                         "pi_t prompt per pi_theta prompt, or none")
+    if backend == "vllm" and prompts_t != prompts:
+        raise ValueError("--prompt-t needs --backend hf: the vllm backend runs both models on one token sequence, "
+                         "so per-side prompts are refused")
     qm = create_optimal_sampling_model(model_theta, model_t, alpha_method=mixture.alpha_method, alpha=mixture.alpha,
                                        alpha_min=mixture.alpha_min, alpha_max=mixture.alpha_max,
                                        support=mixture.support, force_teacher=mixture.force_teacher,
@@ -304,10 +311,6 @@ def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: 
                   max_new_tokens=max_new_tokens, p_min=p_min, tolerance=tol)
     report = Report(config=config)
     ref = Reference(qm, backend, mixture, sampling)
-    prompts_t = prompts if not prompts_t else prompts_t
-    if len(prompts_t) != len(prompts):
-        raise ValueError(f"--prompt-t given {len(prompts_t)} times but --prompt {len(prompts)} times: give one "
-                         "pi_t prompt per pi_theta prompt, or none")
     prompt_ids = [(render(qm.tokenizer, p, chat_template=chat_template),
                    render(qm.tokenizer, q, chat_template=chat_template)) for p, q in zip(prompts, prompts_t)]
     log(f"qstar check: {len(prompts)} prompts x {draws} first-token draws ...")
