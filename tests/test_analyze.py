@@ -224,3 +224,10 @@ def test_every_analysis_flag_is_documented():
         flags = {s for a in sub.choices[cmd]._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
         missing = sorted(f for f in flags if f"`{f}" not in doc)
         assert not missing, f"{cmd} flags missing from docs/analysis.md: {missing}"
+
+
+def test_forced_tokens_are_noted():
+    lines = [diag(0, alpha_method="kl_symmetry", forced_frac=0.1), diag(1, alpha_method="kl_symmetry", forced_frac=0.0)]
+    notes = stats.summarize("run", "run.jsonl", lines).notes
+    assert any("5.0% of tokens were forced to pi_t" in n for n in notes), notes
+    assert not any("forced" in n for n in stats.summarize("run", "run.jsonl", [diag(0, alpha_method="kl_symmetry")]).notes)
