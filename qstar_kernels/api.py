@@ -52,10 +52,6 @@ def _pick_backend(backend: str | None, x: torch.Tensor, fused_step: bool = False
     return backend
 
 
-def _sub(x, rows):
-    return x if rows is None else x[rows]
-
-
 def mix(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_symmetry", *,
         alpha=0.5, alpha_min: float = 0.0, alpha_max: float = 1.0, vocab_size: int | None = None,
         support_top_k: int = 0, support_top_p: float = 1.0, force=None, force_tokens=None,
@@ -84,17 +80,15 @@ def mix(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_sy
     controls.check_controls(B, V, logits_theta.device, support_top_k, support_top_p, force, force_tokens)
     chosen = _pick_backend(backend, logits_theta)
 
-    def core(xp, xt, method_, a_, clamps, rows):
-        lo, hi = clamps or (alpha_min, alpha_max)
-        xp, xt, a_ = _sub(xp, rows), _sub(xt, rows), _sub(a_, rows)
+    def core(xp, xt, method_, a_, force_):
         if chosen == "triton":
             from .triton_mix import mix_triton
 
-            return mix_triton(xp, xt, method_, a_, lo, hi, vocab_size)
-        return mix_reference(xp, xt, method_, a_, lo, hi, vocab_size)
+            return mix_triton(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
+        return mix_reference(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
 
     if not controls.active(support_top_k, support_top_p, force, force_tokens):
-        m = core(logits_theta, logits_t, method, a, None, None)
+        m = core(logits_theta, logits_t, method, a, None)
         m.forced = torch.zeros_like(m.clamped)
         return m
     return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
@@ -144,24 +138,21 @@ def step(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_s
     controls.check_controls(B, V, logits_theta.device, support_top_k, support_top_p, force, force_tokens)
     chosen = _pick_backend(backend, logits_theta, fused_step=True)
 
-    def core(xp, xt, method_, a_, clamps, rows):
-        lo, hi = clamps or (alpha_min, alpha_max)
-        xp, xt, a_ = _sub(xp, rows), _sub(xt, rows), _sub(a_, rows)
-        rargs = [_sub(t, rows) for t in args]
+    def core(xp, xt, method_, a_, force_):
         if chosen == "cpu":
             from .cpu_step import step_cpu
 
-            return step_cpu(xp, xt, method_, a_, lo, hi, vocab_size, *rargs)
+            return step_cpu(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, *args, force=force_)
         if chosen == "triton":
             from .triton_mix import mix_triton
 
-            m = mix_triton(xp, xt, method_, a_, lo, hi, vocab_size)
+            m = mix_triton(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
         else:
-            m = mix_reference(xp, xt, method_, a_, lo, hi, vocab_size)
-        return Step.from_parts(m, _sample(m.logq, rargs, chosen))
+            m = mix_reference(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
+        return Step.from_parts(m, _sample(m.logq, args, chosen))
 
     if not controls.active(support_top_k, support_top_p, force, force_tokens):
-        st = core(logits_theta, logits_t, method, a, None, None)
+        st = core(logits_theta, logits_t, method, a, None)
         st.forced = torch.zeros_like(st.clamped)
         return st
     return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,

@@ -8,16 +8,15 @@ sampler's own top-k -> top-p rule (ref_sample.prefix_keep) applied to pi_t. Both
 logp_behavior on the restricted, renormalised distributions; logp_theta / logp_t are then
 replaced by the unrestricted models' log-probs (what importance weights need).
 
-Forced rows (force (B,) bool, or pi_t's argmax in force_tokens (V,) bool): the row is recomputed
-with method "fixed", a = 0 and no clamps, so q = pi_t (restricted when S is set), and
-`forced` records it. A row whose pi_theta has no mass inside S is forced too (the restricted
-pi_theta does not exist there). The forced recomputation draws with the same (seed, key,
-position), so the token is exactly a draw from pi_t's behaviour distribution.
+Forced rows (force (B,) bool, or pi_t's argmax in force_tokens (V,) bool) go to the backend with
+the rest: every backend (reference, Triton kernel, fused C kernel) computes a forced row as
+method "fixed" at a = 0 with no clamps, in the same launch, so q = pi_t (restricted when S is
+set) and `forced` records it; the draw uses the same (seed, key, position) counter. A row whose
+pi_theta has no mass inside S is forced too (the restricted pi_theta does not exist there).
 
 Everything here is tensor ops on the logits' device with no host sync on CUDA (a stable sort of
-pi_t's row for S; every row recomputed when forcing can happen). On CPU, where host syncs are
-free and a full sort costs ~10x the fused step, S comes from a top-k of candidates and only
-the forced rows are recomputed.
+pi_t's row for S). On CPU, where host syncs are free and a full sort costs ~10x the fused step,
+S comes from a top-k of candidates.
 Not for: the mixture math itself (ref_mix / triton_mix / cpu_step) or parsing user strings.
 """
 from __future__ import annotations
@@ -124,25 +123,11 @@ def _model_logp(logits: torch.Tensor, vocab_size: int | None, tokens: torch.Tens
     return x.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(x, -1)
 
 
-def _merge_rows(out, sub, rows: torch.Tensor | None, mask: torch.Tensor) -> None:
-    """out.field[r] = sub.field[...] for the forced rows: by index (rows) or by where (mask)."""
-    for f in fields(out):
-        a, b = getattr(out, f.name), getattr(sub, f.name)
-        if a is None or b is None:
-            continue
-        if rows is not None:
-            a = a.clone()
-            a[rows] = b.to(a.dtype)
-        else:
-            m = mask.view(-1, *([1] * (a.dim() - 1)))
-            a = torch.where(m, b.to(a.dtype), a)
-        setattr(out, f.name, a)
-
-
 def apply(core, logits_theta, logits_t, method, alpha, vocab_size, support_top_k, support_top_p,
           force, force_tokens, per_token: bool):
-    """core(xp, xt, method, alpha, clamps, rows) -> Mixture or Step (rows: None = all rows, else
-    a LongTensor of the rows to compute). per_token: Step (gather logp at the tokens) or Mixture."""
+    """core(xp, xt, method, alpha, force) -> Mixture or Step, force a (B,) bool tensor or None
+    (every backend takes it natively: forced rows are "fixed" at a = 0, no clamps, in the same
+    launch). per_token: Step (gather the unrestricted logp at the tokens) or Mixture."""
     B = logits_theta.shape[0]
     restricted = support_top_k > 0 or support_top_p < 1.0
     xp, xt = logits_theta, logits_t
@@ -157,18 +142,7 @@ def apply(core, logits_theta, logits_t, method, alpha, vocab_size, support_top_k
     if force_tokens is not None:
         width = xt.shape[1] if vocab_size is None else vocab_size
         forced |= force_tokens[logits_t[:, :width].argmax(-1)]
-    zero, pi_t = torch.zeros_like(alpha), (0.0, 1.0)  # forced rows: "fixed" at a = 0, no clamps
-    if xp.is_cuda:  # no host sync: compute every row both ways, keep the forced ones
-        out = core(xp, xt, method, alpha, None, None)
-        _merge_rows(out, core(xp, xt, "fixed", zero, pi_t, None), None, forced)
-    else:  # CPU: compute the forced rows only once, the way they are used
-        rows = forced.nonzero().squeeze(1)
-        if rows.numel() == B:
-            out = core(xp, xt, "fixed", zero, pi_t, None)
-        else:
-            out = core(xp, xt, method, alpha, None, None)
-            if rows.numel():
-                _merge_rows(out, core(xp, xt, "fixed", zero, pi_t, rows), rows, forced)
+    out = core(xp, xt, method, alpha, forced)
     if restricted:
         tokens = out.tokens if per_token else None
         out.logp_theta = _model_logp(logits_theta, vocab_size, tokens)

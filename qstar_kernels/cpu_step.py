@@ -107,7 +107,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.qstar_step.restype = i32
     lib.qstar_step.argtypes = [p, p, i64, i64, i64, i32, p, f32, f32, p, p, p, p, p, p, p, p, p,
-                               p, p, i32]
+                               p, p, p, i32]
     lib.qstar_nout.restype = i32
     lib.qstar_philox_impl.restype = i32
     lib.qstar_philox.restype = i32
@@ -161,8 +161,9 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 
 def step_cpu(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_size,
-             temperature, top_k, top_p, min_p, seeds, keys, positions, *, lib=None) -> Step:
-    """The fused step on CPU (arguments already validated; all per-row values are (B,) tensors)."""
+             temperature, top_k, top_p, min_p, seeds, keys, positions, *, force=None, lib=None) -> Step:
+    """The fused step on CPU (arguments already validated; all per-row values are (B,) tensors).
+    force: (B,) bool or None; forced rows are method "fixed" at a = 0 with no clamps."""
     lib = lib or _lib()
     B, V = logits_theta.shape
     xp, xt = logits_theta, logits_t
@@ -180,12 +181,14 @@ def step_cpu(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_
     out = torch.empty((NOUT, B), dtype=torch.float32)
     iters = torch.empty(B, dtype=torch.int32)
     clamped = torch.empty(B, dtype=torch.bool)
+    force_u8 = None if force is None else force.to(torch.uint8).contiguous()
     err = lib.qstar_step(xp.data_ptr(), xt.data_ptr(), B, xp.stride(0), vocab,
                          METHODS.index(method), alpha.data_ptr(), float(alpha_min),
                          float(alpha_max), temperature.data_ptr(), top_k.data_ptr(),
                          top_p.data_ptr(), min_p.data_ptr(), seeds.data_ptr(), keys.data_ptr(),
                          positions.data_ptr(), tokens.data_ptr(), out.data_ptr(),
-                         iters.data_ptr(), clamped.data_ptr(), torch.get_num_threads())
+                         iters.data_ptr(), clamped.data_ptr(),
+                         None if force_u8 is None else force_u8.data_ptr(), torch.get_num_threads())
     if err:
         raise MemoryError("qstar CPU step: out of memory for the per-thread scratch buffers")
     o = out.unbind(0)

@@ -69,8 +69,10 @@ def statistics(a, lp, lt, sup: ref_solve.Support, method: str):
     return logq, stats
 
 
-def mix_reference(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_size) -> Mixture:
-    """The reference `mix` (arguments already validated by checks.check_mix_args)."""
+def mix_reference(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_size,
+                  force=None) -> Mixture:
+    """The reference `mix` (arguments already validated by checks.check_mix_args).
+    force: (B,) bool or None; forced rows are method "fixed" at a = 0 with no clamps."""
     lp = log_softmax_masked(logits_theta, vocab_size)  # (B, V)
     lt = log_softmax_masked(logits_t, vocab_size)      # (B, V)
     h_theta, h_t = entropy(lp), entropy(lt)
@@ -81,7 +83,12 @@ def mix_reference(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, v
     # No common support: q_a is undefined for 0 < a < 1; fall back to pi_t (a = 0).
     orphan = ~sup.any & (a > 0) & (a < 1)
     a = torch.where(orphan, torch.zeros_like(a), a)
+    if force is not None:
+        a = torch.where(force, torch.zeros_like(a), a)
+        clamped, orphan, iters = clamped & ~force, orphan & ~force, torch.where(force, 0, iters)
     logq, stats = statistics(a, lp, lt, sup, method)
+    if force is not None:
+        stats["residual"] = torch.where(force, torch.zeros_like(stats["residual"]), stats["residual"])
     return Mixture(alpha=a, logq=logq, logp_theta=lp, logp_t=lt, entropy_theta=h_theta,
                    entropy_t=h_t, iters=iters, clamped=clamped | orphan, **stats)
 

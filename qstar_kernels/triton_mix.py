@@ -222,8 +222,9 @@ def _stats_pass(xp_ptr, xt_ptr, row, V, stride, lse_p, lse_t, a, BLOCK: tl.const
 
 
 @triton.jit
-def _mix_kernel(xp_ptr, xt_ptr, alpha_ptr, out_ptr, stats_ptr, B, V, V_full, stride,
-                alpha_min, alpha_max, tol, max_iters, METHOD: tl.constexpr, BLOCK: tl.constexpr):
+def _mix_kernel(xp_ptr, xt_ptr, alpha_ptr, force_ptr, out_ptr, stats_ptr, B, V, V_full, stride,
+                alpha_min, alpha_max, tol, max_iters, METHOD: tl.constexpr, HAS_FORCE: tl.constexpr,
+                BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     lse_p, lse_t, h_p, h_t, kl_pt, kl_tp, lse_sp, lse_st = _model_pass(xp_ptr, xt_ptr, row, V,
                                                                       stride, BLOCK)
@@ -246,6 +247,13 @@ def _mix_kernel(xp_ptr, xt_ptr, alpha_ptr, out_ptr, stats_ptr, B, V, V_full, str
     clamped = a != raw
     orphan = (~has_sup) & (a > 0.0) & (a < 1.0)  # no common support: fall back to pi_t
     a = tl.where(orphan, 0.0, a)
+    forced = tl.cast(0, tl.int1)
+    if HAS_FORCE:  # a forced row is "fixed" at a = 0, no clamps (its solve above is discarded)
+        forced = tl.load(force_ptr + row) != 0
+        a = tl.where(forced, 0.0, a)
+        clamped = clamped & (~forced)
+        orphan = orphan & (~forced)
+        it = tl.where(forced, 0, it)
     residual = tl.cast(0.0, tl.float32)
     if METHOD == 2 or METHOD == 3:
         if clamped & has_sup:
@@ -255,7 +263,7 @@ def _mix_kernel(xp_ptr, xt_ptr, alpha_ptr, out_ptr, stats_ptr, B, V, V_full, str
             residual = tl.abs(f) / (1.0 + scale)
         else:
             residual = tl.abs(f)
-        residual = tl.where(has_sup, residual, 0.0)
+        residual = tl.where(has_sup & (~forced), residual, 0.0)
     log_z, kl_p, kl_t, h_q, ess_p, ess_t = _stats_pass(xp_ptr, xt_ptr, row, V, stride, lse_p,
                                                        lse_t, a, BLOCK)
     offs = tl.arange(0, BLOCK)
@@ -289,16 +297,18 @@ def _block(V: int) -> int:
     return min(1024, triton.next_power_of_2(V))
 
 
-def mix_triton(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_size) -> Mixture:
-    """Launch _mix_kernel (arguments already validated); math in fp32."""
+def mix_triton(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_size, force=None) -> Mixture:
+    """Launch _mix_kernel (arguments already validated); math in fp32. force: (B,) bool or None."""
     B, V_full = logits_theta.shape
     xp, xt = logits_theta.contiguous(), logits_t.contiguous()
     out = torch.empty((3, B, V_full), dtype=torch.float32, device=xp.device)
     stats = torch.empty((B, NSTAT), dtype=torch.float32, device=xp.device)
-    _mix_kernel[(B,)](xp, xt, alpha.to(torch.float32).contiguous(), out, stats, B,
+    a32 = alpha.to(torch.float32).contiguous()
+    force_i8 = a32 if force is None else force.to(torch.int8).contiguous()  # (unused pointer when None)
+    _mix_kernel[(B,)](xp, xt, a32, force_i8, out, stats, B,
                       vocab_size or V_full, V_full, xp.stride(0), float(alpha_min),
                       float(alpha_max), TOL[torch.float32], MAX_ITERS,
-                      METHOD=METHODS.index(method), BLOCK=_block(V_full))
+                      METHOD=METHODS.index(method), HAS_FORCE=force is not None, BLOCK=_block(V_full))
     s = stats.unbind(1)
     return Mixture(alpha=s[0], logq=out[0], logp_theta=out[1], logp_t=out[2], log_z=s[1],
                    kl_theta=s[2], kl_t=s[3], ess_theta=s[4], ess_t=s[5], entropy_theta=s[6],

@@ -108,6 +108,7 @@ def test_forced_rows_are_pi_t(backend, sup, method):
     assert torch.equal(st.forced, force)
     assert (st.alpha[force] == 0).all(), "forced rows ignore the clamps: a = 0"
     assert not st.clamped[force].any()
+    assert (st.residual[force] == 0).all() and (st.iters[force] == 0).all(), "forced rows are 'fixed' at a = 0"
     k, p = sup.get("support_top_k", 0), sup.get("support_top_p", 1.0)
     for i in force.nonzero().squeeze(1).tolist():
         keep = exact.support_set(lt[i].double().numpy(), k, p)

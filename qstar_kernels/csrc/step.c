@@ -1198,6 +1198,7 @@ typedef struct {
     float *out;  /* (NOUT, B) */
     int32_t *iters;
     uint8_t *clamped;
+    const uint8_t *force;  /* (B,) or NULL: forced rows are "fixed" at a = 0 with no clamps */
 } args_t;
 
 static int do_row(const args_t *A, int64_t r, scratch_t *scr) {
@@ -1205,7 +1206,8 @@ static int do_row(const args_t *A, int64_t r, scratch_t *scr) {
     R.xp = A->xp + r * A->stride;
     R.xt = A->xt + r * A->stride;
     R.V = A->vocab;
-    const int method = A->method;
+    const int forced = A->force != NULL && A->force[r];
+    const int method = forced ? M_FIXED : A->method;
     const int64_t V = R.V;
     model_t M;
     model_pass(&R, method == M_RKL, &M);
@@ -1216,7 +1218,7 @@ static int do_row(const args_t *A, int64_t r, scratch_t *scr) {
     const int has_sup = M.n_s > 0;
     support_t S = {0};
     if (method == M_FIXED) {
-        raw = A->alpha[r];
+        raw = forced ? 0.0f : A->alpha[r];
     } else if (method == M_ENTROPY) {
         raw = ratio_or_half((float)M.h_p, (float)M.h_t, 0.0f);
         iters = 1;
@@ -1234,8 +1236,9 @@ static int do_row(const args_t *A, int64_t r, scratch_t *scr) {
         }
         raw = newton(method, &S, &iters, &f_last, &scale_last);
     }
-    float a = raw < A->alpha_min ? A->alpha_min : raw;
-    a = a > A->alpha_max ? A->alpha_max : a;
+    const float lo = forced ? 0.0f : A->alpha_min, hi = forced ? 1.0f : A->alpha_max;
+    float a = raw < lo ? lo : raw;
+    a = a > hi ? hi : a;
     int clamped = a != raw;
     int orphan = !has_sup && a > 0.0f && a < 1.0f;
     if (orphan) a = 0.0f;
@@ -1339,9 +1342,9 @@ int qstar_step(const float *xp, const float *xt, int64_t B, int64_t stride, int6
                int method, const float *alpha, float alpha_min, float alpha_max,
                const float *temp, const int64_t *top_k, const float *top_p, const float *min_p,
                const int64_t *seeds, const int64_t *keys, const int64_t *pos, int64_t *tokens,
-               float *out, int32_t *iters, uint8_t *clamped, int nthreads) {
+               float *out, int32_t *iters, uint8_t *clamped, const uint8_t *force, int nthreads) {
     args_t A = {xp, xt, B, stride, vocab, method, alpha, alpha_min, alpha_max, temp, top_p, min_p,
-                top_k, seeds, keys, pos, tokens, out, iters, clamped};
+                top_k, seeds, keys, pos, tokens, out, iters, clamped, force};
     int err = 0;
     if (nthreads < 1) nthreads = 1;
     if (nthreads > B) nthreads = (int)B;
