@@ -2,7 +2,8 @@
 # GPU check: run from the checkout on a CUDA machine (no network, installs nothing), < 10 min.
 #   OUT=/path/for/details bash bench/gpu_check.sh [--quick]
 # Kernels: Triton vs reference on CUDA, then timings. Engine: correctness on a small fp32 pair,
-# then a random ~1B bf16 pair at batch 1/32/128 vs HF generate. Each prints a table, then JSON.
+# then a random ~1B bf16 pair at batch 1/32/128 vs HF generate. Self-check: `qstar check` of a
+# tiny pair with every mixture control on, fp32 and bf16. Each prints a table, then JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -15,4 +16,5 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 rc=0
 timeout 300 python -m bench.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log" || rc=1
 timeout 240 python -m bench.gpu_engine --out "$OUT" 2>&1 | tee "$OUT/gpu_engine.log" || rc=1
+timeout 120 python -m bench.gpu_selfcheck --out "$OUT" 2>&1 | tee "$OUT/gpu_selfcheck.log" || rc=1
 exit $rc

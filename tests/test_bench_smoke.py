@@ -34,3 +34,12 @@ def test_gpu_engine_script_runs_on_cpu_small():
     assert r.returncode == 0, r.stderr[-2000:]
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert last["correct"] and len(last["rows"]) == 2
+
+
+def test_gpu_selfcheck_script_runs_on_cpu(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench.gpu_selfcheck", "--device", "cpu", "--draws", "300",
+                        "--dtypes", "float32", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["correct"] and len(last["summary"]) == 3
