@@ -6,7 +6,8 @@
    run would draw them, against the exact behaviour distribution computed in float64 from a
    teacher-forced pass of both models (qstar_kernels reference math, controls included):
    chi-square with cells of expected count < 5 pooled; p-value printed; FAIL below --p-min.
-   A draw the exact distribution gives probability 0 fails outright.
+   A draw the exact distribution gives probability 0 fails outright (with a nucleus support:
+   0 under every boundary variant, see 2.).
 2. Recompute: `--samples` full responses per prompt; every recorded per-token value (alpha,
    logp_theta, logp_t, logq, logp_behavior, KLs, ESS, entropy of q, forced) is recomputed from a
    teacher-forced pass over prompt + response, in float64. Error = |got - want| / max(1, |want|).
@@ -171,7 +172,7 @@ def _errors(outs) -> list[Row]:
     return [Row("generation errors", str(len(bad)), "0", False, {"first": bad[0].error})]
 
 
-def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: float) -> list[Row]:
+def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: float, tol: float) -> list[Row]:
     s = ref.sampling
     ids_theta, ids_t = zip(*prompt_ids)
     outs = qm.generate(list(ids_theta), prompts_t=list(ids_t), n=draws, max_new_tokens=1,
@@ -183,9 +184,12 @@ def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: f
     for i, (ids_p, ids_q) in enumerate(prompt_ids):
         toks = torch.tensor([o.token_ids[0] for o in outs[i * draws:(i + 1) * draws]])
         lg_theta, lg_t = ref.logits(ids_p, ids_q, 1)
-        probs = ref.behaviour(ref.mixture_at(lg_theta, lg_t).logq)[0].exp()
+        variants = [ref.behaviour(ref.mixture_at(lg_theta, lg_t, p_var).logq)[0].exp()
+                    for p_var in ref.support_variants(tol / 10)]
+        probs = variants[0]
         counts = torch.bincount(toks, minlength=ref.width)[:ref.width].double()
-        impossible = int(counts[probs == 0].sum())
+        possible = torch.stack(variants).amax(0) > 0  # a nucleus boundary token may be in or out
+        impossible = int(counts[~possible].sum())
         stat, dof, p = chi_square(counts, probs, draws)
         ok = impossible == 0 and p > p_min
         value = f"p = {p:.3g}" + (f", {impossible} impossible" if impossible else "")
@@ -314,7 +318,7 @@ def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: 
     prompt_ids = [(render(qm.tokenizer, p, chat_template=chat_template),
                    render(qm.tokenizer, q, chat_template=chat_template)) for p, q in zip(prompts, prompts_t)]
     log(f"qstar check: {len(prompts)} prompts x {draws} first-token draws ...")
-    report.rows += first_tokens(qm, ref, prompt_ids, draws, sampling["seed"], p_min)
+    report.rows += first_tokens(qm, ref, prompt_ids, draws, sampling["seed"], p_min, tol)
     log(f"qstar check: recomputing {len(prompts)} x {samples} samples of up to {max_new_tokens} tokens ...")
     report.rows += recompute(qm, ref, prompt_ids, samples, max_new_tokens, sampling["seed"] + 1, tol)
     return report
