@@ -52,9 +52,10 @@ def active(support_top_k: int, support_top_p: float, force, force_tokens) -> boo
 
 def support_keep(logits_t: torch.Tensor, vocab_size: int | None, top_k: int, top_p: float) -> torch.Tensor:
     """(B, V) bool: pi_t's top-k set, then its nucleus (see the module docstring)."""
-    # On CPU in float64: the nucleus boundary is a cumulative sum, and fp32 rounding of it can
-    # move the boundary token between the two (equivalent) ways of computing the set.
-    x = logits_t.to(compute_dtype(logits_t) if logits_t.is_cuda else torch.float64)
+    # On CPU the mass sums run in float64: the nucleus boundary is a cumulative sum, and fp32
+    # rounding of it could move the boundary token between the two (equivalent) ways of
+    # computing the set. (Comparisons are exact in either precision.)
+    x = logits_t.to(compute_dtype(logits_t))
     B, V = x.shape
     if vocab_size is not None and vocab_size < V:
         x = x.clone()
@@ -89,9 +90,9 @@ def _support_keep_candidates(x, top_k: int, top_p: float, tries=CANDIDATES) -> t
     width = int(counts.max())
     rows, cols = cand.nonzero(as_tuple=True)  # row-major: ids ascending within a row
     slot = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows]
-    vals = torch.full((B, width), NEG_INF, dtype=x.dtype)
+    vals = torch.full((B, width), NEG_INF, dtype=torch.float64)
     ids = torch.full((B, width), V, dtype=torch.int64)  # padding lands in a spare column V
-    vals[rows, slot] = x[rows, cols]
+    vals[rows, slot] = x[rows, cols].double()
     ids[rows, slot] = cols
     sv, order = torch.sort(vals, dim=-1, descending=True, stable=True)  # ties keep id order
     keep = sv > NEG_INF
@@ -100,7 +101,7 @@ def _support_keep_candidates(x, top_k: int, top_p: float, tries=CANDIDATES) -> t
     redo = torch.zeros(B, dtype=torch.bool)
     if top_p < 1:
         kept = torch.where(keep, sv, NEG_INF)
-        lse = torch.logsumexp(kept if top_k > 0 else x, -1, keepdim=True)  # top-k: renormalised on it
+        lse = torch.logsumexp(kept if top_k > 0 else x.double(), -1, keepdim=True)  # top-k: renormalised on it
         probs = (kept - lse).exp()
         before = torch.cumsum(probs, -1) - probs
         if top_k == 0:
@@ -110,7 +111,7 @@ def _support_keep_candidates(x, top_k: int, top_p: float, tries=CANDIDATES) -> t
     if bool(redo.any()):
         more = tries[1:] if top_k == 0 and k0 < V else ()
         out[redo] = (_support_keep_candidates(x[redo], top_k, top_p, more) if more
-                     else _support_keep_sorted(x[redo], top_k, top_p))
+                     else _support_keep_sorted(x[redo].double(), top_k, top_p))
     return out
 
 
@@ -137,7 +138,7 @@ def apply(core, logits_theta, logits_t, method, alpha, vocab_size, support_top_k
         xt = logits_t.masked_fill(~keep, NEG_INF)
         inside = logits_theta.masked_fill(~keep, NEG_INF)
         dead = ~(inside > NEG_INF).any(1)  # pi_theta has no mass in S: only pi_t is defined there
-        xp = torch.where(dead[:, None], logits_theta, inside)
+        xp = torch.where(dead[:, None], logits_theta, inside) if xp.is_cuda or bool(dead.any()) else inside
         forced |= dead
     if force_tokens is not None:
         width = xt.shape[1] if vocab_size is None else vocab_size
