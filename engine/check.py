@@ -77,11 +77,14 @@ class Report:
 
 # ---- statistics ----------------------------------------------------------------------------
 def chi_square(counts: torch.Tensor, probs: torch.Tensor, n: int) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value); cells with expected count < 5 pooled into one."""
+    """(statistic, degrees of freedom, p-value); cells with expected count < 5 pooled into one,
+    together with the next-smallest cells until the pool's expected count reaches 5."""
     exp_ = probs * n
-    big = exp_ >= 5
-    obs = torch.cat([counts[big], counts[~big].sum().view(1)])
-    ex = torch.cat([exp_[big], exp_[~big].sum().view(1)])
+    order = torch.argsort(exp_)
+    e, c = exp_[order], counts[order]
+    cut = min(int((torch.cumsum(e, 0) < 5).sum()) + 1, e.numel()) if bool((e < 5).any()) else 0
+    obs = torch.cat([c[cut:], c[:cut].sum().view(1)])
+    ex = torch.cat([e[cut:], e[:cut].sum().view(1)])
     obs, ex = obs[ex > 0], ex[ex > 0]
     dof = int(ex.numel()) - 1
     if dof <= 0:
@@ -163,6 +166,14 @@ class Reference:
         s = self.sampling
         return behaviour(logq, temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"])
 
+    def allowed(self, logq, beh, slack: float):
+        """(B, V) bool: in the behaviour support, or (greedy) within slack of the argmax: the
+        engine's argmax may pick a near-tied token at model precision."""
+        ok = beh > float("-inf")
+        if self.sampling["temperature"] == 0:
+            ok |= logq >= logq.amax(-1, keepdim=True) - slack
+        return ok
+
 
 # ---- the three checks --------------------------------------------------------------------------
 def _errors(outs) -> list[Row]:
@@ -184,11 +195,12 @@ def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: f
     for i, (ids_p, ids_q) in enumerate(prompt_ids):
         toks = torch.tensor([o.token_ids[0] for o in outs[i * draws:(i + 1) * draws]])
         lg_theta, lg_t = ref.logits(ids_p, ids_q, 1)
-        variants = [ref.behaviour(ref.mixture_at(lg_theta, lg_t, p_var).logq)[0].exp()
-                    for p_var in ref.support_variants(tol / 10)]
-        probs = variants[0]
+        logqs = [ref.mixture_at(lg_theta, lg_t, p_var).logq for p_var in ref.support_variants(tol / 10)]
+        behs = [ref.behaviour(lq) for lq in logqs]
+        probs = behs[0][0].exp()
         counts = torch.bincount(toks, minlength=ref.width)[:ref.width].double()
-        possible = torch.stack(variants).amax(0) > 0  # a nucleus boundary token may be in or out
+        # a nucleus boundary token may be in or out; so may a greedy near-tie
+        possible = torch.stack([ref.allowed(lq, b, tol)[0] for lq, b in zip(logqs, behs)]).any(0)
         impossible = int(counts[~possible].sum())
         stat, dof, p = chi_square(counts, probs, draws)
         ok = impossible == 0 and p > p_min
@@ -225,21 +237,23 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
         cands = []  # per support variant: (mixture, behaviour log-prob, per-field errors (F, T))
         for p_var in ref.support_variants(tol / 10):
             mx = ref.mixture_at(lg_theta, lg_t, p_var)
-            beh = ref.behaviour(mx.logq).gather(1, tok).squeeze(1)
+            beh_full = ref.behaviour(mx.logq)
+            beh = beh_full.gather(1, tok).squeeze(1)
+            allowed = ref.allowed(mx.logq, beh_full, tol).gather(1, tok).squeeze(1)
             want = dict(alpha=mx.alpha, logp_theta=mx.logp_theta.gather(1, tok).squeeze(1),
                         logp_t=mx.logp_t.gather(1, tok).squeeze(1), logq=mx.logq.gather(1, tok).squeeze(1),
                         logp_behavior=torch.zeros_like(beh) if s["temperature"] == 0 else beh,
                         kl_theta=mx.kl_theta, kl_t=mx.kl_t, ess_theta=mx.ess_theta, ess_t=mx.ess_t,
                         entropy_q=mx.entropy_q)
-            cands.append((mx, p_var, beh, torch.stack([rel_err(got[k], want[k]) for k in VALUES])))
+            cands.append((mx, p_var, beh, allowed, torch.stack([rel_err(got[k], want[k]) for k in VALUES])))
         # the variant is judged on the values (alpha aside: see below)
-        pick = torch.stack([c[3][1:].max(0).values for c in cands]).argmin(0)  # best variant per token
+        pick = torch.stack([c[4][1:].max(0).values for c in cands]).argmin(0)  # best variant per token
         boundary += int((pick != 0).sum())
-        err = torch.stack([c[3] for c in cands])[pick, :, torch.arange(T)]  # (T, F)
+        err = torch.stack([c[4] for c in cands])[pick, :, torch.arange(T)]  # (T, F)
         mx_forced = torch.stack([c[0].forced for c in cands])[pick, torch.arange(T)]
         beh = torch.stack([c[2] for c in cands])[pick, torch.arange(T)]
         n_tok += T
-        outside += int((beh == float("-inf")).sum())
+        outside += int((~torch.stack([c[3] for c in cands])[pick, torch.arange(T)]).sum())
         forced = torch.tensor(o.forced, dtype=torch.bool)
         clamped = torch.tensor(o.clamped, dtype=torch.bool)
         alpha = torch.tensor(o.alpha, dtype=torch.float64)

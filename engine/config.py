@@ -22,8 +22,12 @@ def parse_support(spec) -> tuple[int, float]:
     how = "support must look like 't_top_k:50', 't_top_p:0.95' or 't_top_k:50,t_top_p:0.95'"
     if not isinstance(spec, str):
         raise ValueError(f"{how}, got {spec!r}")
+    seen = set()
     for part in spec.split(","):
         name, sep, value = part.strip().partition(":")
+        if name in seen:
+            raise ValueError(f"{how}: {name} given twice in {spec!r}")
+        seen.add(name)
         try:
             if not sep or name not in ("t_top_k", "t_top_p"):
                 raise ValueError
@@ -50,6 +54,9 @@ def parse_force_teacher(spec) -> tuple[str, ...]:
     """"first", "special", "first,special" (or a list of them); "" / None = off."""
     if spec is None or spec == "":
         return ()
+    if not isinstance(spec, (str, list, tuple)):
+        raise ValueError(f"force_teacher takes a comma-separated subset of {FORCE_TEACHER} (a string), "
+                         f"got {spec!r}")
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
     parts = [str(x).strip() for x in parts if str(x).strip()]
     bad = [x for x in parts if x not in FORCE_TEACHER]

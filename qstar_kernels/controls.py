@@ -21,7 +21,7 @@ Not for: the mixture math itself (ref_mix / triton_mix / cpu_step) or parsing us
 """
 from __future__ import annotations
 
-from dataclasses import fields
+import numbers
 
 import torch
 
@@ -32,9 +32,9 @@ NEG_INF = float("-inf")
 
 
 def check_controls(B: int, V: int, device, support_top_k, support_top_p, force, force_tokens) -> None:
-    if isinstance(support_top_k, bool) or not isinstance(support_top_k, int) or support_top_k < 0:
+    if isinstance(support_top_k, bool) or not isinstance(support_top_k, numbers.Integral) or support_top_k < 0:
         raise ValueError(f"support_top_k must be an int >= 0 (0 = off), got {support_top_k!r}")
-    if not isinstance(support_top_p, (int, float)) or not 0.0 < support_top_p <= 1.0:
+    if isinstance(support_top_p, bool) or not isinstance(support_top_p, numbers.Real) or not 0.0 < support_top_p <= 1.0:
         raise ValueError(f"support_top_p must lie in (0, 1] (1 = off), got {support_top_p!r}")
     for name, t, shape in (("force", force, (B,)), ("force_tokens", force_tokens, (V,))):
         if t is None:
@@ -57,6 +57,7 @@ def support_keep(logits_t: torch.Tensor, vocab_size: int | None, top_k: int, top
     # computing the set. (Comparisons are exact in either precision.)
     x = logits_t.to(compute_dtype(logits_t))
     B, V = x.shape
+    top_k, top_p = min(int(top_k), V), float(top_p)  # a k beyond V keeps everything
     if vocab_size is not None and vocab_size < V:
         x = x.clone()
         x[:, vocab_size:] = NEG_INF
@@ -101,8 +102,10 @@ def _support_keep_candidates(x, top_k: int, top_p: float, tries=CANDIDATES) -> t
     redo = torch.zeros(B, dtype=torch.bool)
     if top_p < 1:
         kept = torch.where(keep, sv, NEG_INF)
-        lse = torch.logsumexp(kept if top_k > 0 else x.double(), -1, keepdim=True)  # top-k: renormalised on it
-        probs = (kept - lse).exp()
+        # as prefix_keep's softmax: exp(s - max) / sum, so exact ties give the same boundary
+        top = sv[:, :1].clamp_min(-torch.finfo(torch.float64).max)
+        total = torch.exp((kept if top_k > 0 else x.double()) - top).sum(-1, keepdim=True)  # top-k: renormalised on it
+        probs = torch.exp(kept - top) / total
         before = torch.cumsum(probs, -1) - probs
         if top_k == 0:
             redo = probs.sum(-1) < top_p  # the nucleus may go on past the candidates

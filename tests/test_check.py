@@ -119,3 +119,19 @@ def test_check_per_side_prompts(pair_dirs, tmp_path, capsys):
     rc = main(["check", "--model-theta", pair_dirs[0], "--model-t", pair_dirs[1], "--prompt", "a", "--prompt", "b",
                "--prompt-t", "c"])
     assert rc == 2 and "--prompt-t given 1 times but --prompt 2 times" in capsys.readouterr().err
+
+
+def test_chi_square_false_alarm_rate_with_a_thin_tail():
+    """Exact multinomial draws from a distribution whose tail expects ~0.05 counts in all: the
+    pooled test must fail about p_min of the time, not more (a thin pooled cell inflates it)."""
+    from engine.check import chi_square
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.cat([torch.full((20,), 0.05 - 2.5e-6 / 2), torch.full((100,), 2.5e-7)]).double()
+    probs /= probs.sum()
+    n, trials, p_min = 2000, 3000, 0.01
+    fails = 0
+    for _ in range(trials):
+        counts = torch.bincount(torch.multinomial(probs, n, replacement=True, generator=g), minlength=120).double()
+        fails += chi_square(counts, probs, n)[2] <= p_min
+    assert fails / trials < 2 * p_min, fails / trials

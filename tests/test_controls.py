@@ -236,3 +236,12 @@ def test_candidate_support_equals_the_full_sort(k, p):
     # fp32 logits are taken to fp64 on CPU first (support_keep), so the same holds for them
     x32 = x.float()
     assert torch.equal(support_keep(x32, None, k, p), _support_keep_sorted(x32.double(), k, p))
+
+
+def test_unusual_but_valid_control_values():
+    import numpy as np_
+
+    lp, lt = lm_logits(2, 30, seed=1)
+    a = mix(lp, lt, support_top_k=np_.int64(2**40), support_top_p=np_.float32(0.9))
+    b = mix(lp, lt, support_top_p=0.8999999761581421)  # the same float32 value
+    assert torch.equal(torch.isfinite(a.logq), torch.isfinite(b.logq))

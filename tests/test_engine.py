@@ -223,3 +223,10 @@ def test_bad_controls_name_the_value(models, kw, msg):
     with pytest.raises(ValueError) as e:
         make(models, **kw)
     assert msg in str(e.value)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(force_teacher=True), "force_teacher takes a comma-separated subset"),
+                                    (dict(support="t_top_k:5,t_top_k:7"), "t_top_k given twice")])
+def test_more_bad_controls(models, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        make(models, **kw)
