@@ -53,8 +53,18 @@ def run(batches, vocabs, regimes, repeat):
     return rows
 
 
-CONTROLS = {"plain": {}, "support_k50": dict(support_top_k=50), "support_p95": dict(support_top_p=0.95),
-            "force_1row": "force", "all": "all"}
+CONTROLS = ("plain", "support_k50", "support_p95", "force_1row", "all")
+
+
+def controls_kwargs(B, V) -> dict[str, dict]:
+    """The step keywords of each CONTROLS entry for a (B, V) batch."""
+    force = torch.zeros(B, dtype=torch.bool)
+    force[0] = True  # force_teacher "first": one row of the batch starts its response
+    special = torch.zeros(V, dtype=torch.bool)
+    special[:8] = True
+    return {"plain": {}, "support_k50": dict(support_top_k=50), "support_p95": dict(support_top_p=0.95),
+            "force_1row": dict(force=force),
+            "all": dict(support_top_k=50, support_top_p=0.95, force=force, force_tokens=special)}
 
 
 def run_controls(batches, vocabs, regimes, repeat, backend="cpu"):
@@ -64,20 +74,12 @@ def run_controls(batches, vocabs, regimes, repeat, backend="cpu"):
         for V in vocabs:
             for B in batches:
                 lp, lt = logits(regime, B, V)
-                force = torch.zeros(B, dtype=torch.bool)
-                force[0] = True  # force_teacher "first": one row of the batch starts its response
-                special = torch.zeros(V, dtype=torch.bool)
-                special[:8] = True
                 row = dict(regime=regime, B=B, V=V, backend=backend)
-                for name, ctl in CONTROLS.items():
-                    if ctl == "force":
-                        ctl = dict(force=force)
-                    elif ctl == "all":
-                        ctl = dict(support_top_k=50, support_top_p=0.95, force=force, force_tokens=special)
+                for name, ctl in controls_kwargs(B, V).items():
                     ms, _ = timed(lambda: step(lp, lt, "kl_symmetry", backend=backend, keys=torch.arange(B),
                                                positions=3, seed=1, validate=False, **ctl), repeat)
                     row[f"{name}_ms"] = round(ms, 3)
-                for name in list(CONTROLS)[1:]:
+                for name in CONTROLS[1:]:
                     row[f"{name}_over_plain"] = round(row[f"{name}_ms"] / row["plain_ms"], 2)
                 rows.append(row)
     return rows
@@ -97,7 +99,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.controls:
         rows = run_controls(args.batch, args.vocab, args.regime, args.repeat)
-        cols = ["regime", "B", "V"] + [f"{n}_ms" for n in CONTROLS] + [f"{n}_over_plain" for n in list(CONTROLS)[1:]]
+        cols = ["regime", "B", "V"] + [f"{n}_ms" for n in CONTROLS] + [f"{n}_over_plain" for n in CONTROLS[1:]]
         report("step_controls_cpu", rows, cols, threads=args.threads)
         return
     rows = run(args.batch, args.vocab, args.regime, args.repeat)

@@ -108,7 +108,7 @@ class Reference:
     """Teacher-forced logits of both models (float64), and the exact mixture at each position."""
 
     def __init__(self, qm, backend: str, mixture, sampling: dict):
-        from .loading import load_model
+        from .loading import load_model, token_table
 
         self.mixture, self.sampling = mixture, sampling
         vocab = qm.pair.vocab
@@ -120,10 +120,7 @@ class Reference:
             m_theta = load_model(qm.pair.path_theta, dev, torch.float32)[0]
             m_t = m_theta if qm.pair.path_t == qm.pair.path_theta else load_model(qm.pair.path_t, dev, torch.float32)[0]
             self.models = (m_theta, m_t)
-        self.special = torch.zeros(self.width, dtype=torch.bool)
-        if mixture.force_special:
-            ids = [i for i in vocab.special_ids if i < self.width]
-            self.special[ids] = True
+        self.special = token_table(vocab.special_ids, self.width) if mixture.force_special else None
 
     @torch.no_grad()
     def logits(self, ids_theta: list[int], ids_t: list[int], n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +145,7 @@ class Reference:
         return mix(lg_theta, lg_t, m.alpha_method, alpha=m.alpha, alpha_min=m.alpha_min, alpha_max=m.alpha_max,
                    vocab_size=self.vocab_size, support_top_k=m.support_top_k,
                    support_top_p=m.support_top_p if support_top_p is None else support_top_p,
-                   force=force, force_tokens=self.special if m.force_special else None, backend="torch")
+                   force=force, force_tokens=self.special, backend="torch")
 
     def support_variants(self, slack: float) -> list[float | None]:
         """support_top_p values to try: the nominal one, and p -+ slack when a nucleus is on.
@@ -234,7 +231,7 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
         lg_theta, lg_t = ref.logits(ids_p + o.token_ids[:-1], ids_q + o.token_ids[:-1], T)
         tok = torch.tensor(o.token_ids)[:, None]
         got = {k: torch.tensor(getattr(o, k), dtype=torch.float64) for k in VALUES}
-        cands = []  # per support variant: (mixture, behaviour log-prob, per-field errors (F, T))
+        cands = []  # per support variant: (mixture, its support_top_p, token allowed, errors (F, T))
         for p_var in ref.support_variants(tol / 10):
             mx = ref.mixture_at(lg_theta, lg_t, p_var)
             beh_full = ref.behaviour(mx.logq)
@@ -245,15 +242,14 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
                         logp_behavior=torch.zeros_like(beh) if s["temperature"] == 0 else beh,
                         kl_theta=mx.kl_theta, kl_t=mx.kl_t, ess_theta=mx.ess_theta, ess_t=mx.ess_t,
                         entropy_q=mx.entropy_q)
-            cands.append((mx, p_var, beh, allowed, torch.stack([rel_err(got[k], want[k]) for k in VALUES])))
+            cands.append((mx, p_var, allowed, torch.stack([rel_err(got[k], want[k]) for k in VALUES])))
         # the variant is judged on the values (alpha aside: see below)
-        pick = torch.stack([c[4][1:].max(0).values for c in cands]).argmin(0)  # best variant per token
+        pick = torch.stack([c[3][1:].max(0).values for c in cands]).argmin(0)  # best variant per token
         boundary += int((pick != 0).sum())
-        err = torch.stack([c[4] for c in cands])[pick, :, torch.arange(T)]  # (T, F)
+        err = torch.stack([c[3] for c in cands])[pick, :, torch.arange(T)]  # (T, F)
         mx_forced = torch.stack([c[0].forced for c in cands])[pick, torch.arange(T)]
-        beh = torch.stack([c[2] for c in cands])[pick, torch.arange(T)]
         n_tok += T
-        outside += int((~torch.stack([c[3] for c in cands])[pick, torch.arange(T)]).sum())
+        outside += int((~torch.stack([c[2] for c in cands])[pick, torch.arange(T)]).sum())
         forced = torch.tensor(o.forced, dtype=torch.bool)
         clamped = torch.tensor(o.clamped, dtype=torch.bool)
         alpha = torch.tensor(o.alpha, dtype=torch.float64)
@@ -370,23 +366,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _options(ns: argparse.Namespace) -> dict:
-    from .config import MixtureConfig, SamplingParams, support_spec
-    from .pipeline.config import GenerateConfig
+    from .config import SamplingParams
+    from .pipeline.config import GenerateConfig, mixture_config
 
     defaults = {f: GenerateConfig.__dataclass_fields__[f].default for f in FLAG_FIELDS}
     v = {**defaults, **{k: getattr(ns, k) for k in FLAG_FIELDS if hasattr(ns, k)}}
     for name in ("model_theta", "model_t"):
         if not v[name]:
             raise ValueError(f"--{name.replace('_', '-')} is required")
-    k, p = v["support_top_k"], v["support_top_p"]
-    if k < 0:
-        raise ValueError(f"--support-top-k must be an int >= 0 (0 = off), got {k}")
-    if not 0 < p <= 1:
-        raise ValueError(f"--support-top-p must lie in (0, 1] (1 = off), got {p}")
-    mixture = MixtureConfig(alpha_method=v["alpha_method"], alpha=v["alpha"], alpha_min=v["alpha_min"],
-                            alpha_max=v["alpha_max"], support=support_spec(k, p), force_teacher=v["force_teacher"] or "")
+    mixture = mixture_config(v["alpha_method"], v["alpha"], v["alpha_min"], v["alpha_max"], v["support_top_k"],
+                             v["support_top_p"], v["force_teacher"])
     sampling = dict(temperature=v["temperature"], top_k=v["top_k"], top_p=v["top_p"], min_p=v["min_p"], seed=v["seed"])
-    SamplingParams(**{k_: v_ for k_, v_ in sampling.items()})  # its checks name a bad value
+    SamplingParams(**sampling)  # its checks name a bad value
     for name, low in (("draws", 1), ("samples", 1), ("max_new_tokens", 1)):
         if getattr(ns, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(ns, name)}")

@@ -16,7 +16,7 @@ import torch
 from qstar_kernels import step as mix_step
 
 from .config import EngineConfig, MixtureConfig, SamplingParams
-from .loading import Vocab
+from .loading import Vocab, token_table
 from .outputs import TOKEN_FIELDS, SampleOutput
 
 
@@ -173,7 +173,7 @@ class Engine:
         active: dict[int, Row] = {}
         stop_window = 2 + max((len(s) for s in params.stop), default=0)
         m = self.mixture
-        force_tokens = self._special_table(W) if m.force_special else None
+        force_tokens = token_table(self.pair.vocab.special_ids, W, self.device) if m.force_special else None
         while queue or active:
             if should_stop is not None and queue and should_stop():
                 queue.clear()  # stop admitting; the running rows finish
@@ -227,14 +227,6 @@ class Engine:
             if going:
                 self._decode(going, active, bufs)
         return results  # type: ignore[return-value]
-
-    def _special_table(self, width: int) -> torch.Tensor:
-        """(width,) bool: the tokenizer's special tokens (force_teacher "special")."""
-        table = torch.zeros(width, dtype=torch.bool, device=self.device)
-        ids = [i for i in self.pair.vocab.special_ids if i < width]
-        if ids:
-            table[torch.tensor(ids, device=self.device)] = True
-        return table
 
     def _decode(self, slots: list[int], active: dict[int, Row], bufs) -> None:
         dev = self.device

@@ -96,6 +96,16 @@ class Vocab:
     special_ids: frozenset[int] = frozenset()  # the tokenizer's special tokens (and the EOS ids)
 
 
+def token_table(ids, width: int, device=None) -> torch.Tensor:
+    """(width,) bool, True at the given token ids (ids outside [0, width) are ignored): e.g. the
+    special tokens that force_teacher "special" hands to qstar_kernels as force_tokens."""
+    table = torch.zeros(width, dtype=torch.bool, device=device)
+    ids = [int(i) for i in ids if 0 <= int(i) < width]
+    if ids:
+        table[torch.tensor(ids, device=device)] = True
+    return table
+
+
 def _eos_ids(tok, *models) -> frozenset[int]:
     ids = set()
     for src in [tok] + [getattr(m, "generation_config", None) for m in models]:

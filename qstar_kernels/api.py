@@ -81,18 +81,19 @@ def mix(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_sy
     chosen = _pick_backend(backend, logits_theta)
 
     def core(xp, xt, method_, a_, force_):
-        if chosen == "triton":
-            from .triton_mix import mix_triton
+        return _mix(chosen, xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
 
-            return mix_triton(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
-        return mix_reference(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
-
-    if not controls.active(support_top_k, support_top_p, force, force_tokens):
-        m = core(logits_theta, logits_t, method, a, None)
-        m.forced = torch.zeros_like(m.clamped)
-        return m
     return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
                           support_top_p, force, force_tokens, per_token=False)
+
+
+def _mix(chosen, xp, xt, method, a, alpha_min, alpha_max, vocab_size, force) -> Mixture:
+    """The Mixture from the chosen backend (arguments already validated)."""
+    if chosen == "triton":
+        from .triton_mix import mix_triton
+
+        return mix_triton(xp, xt, method, a, alpha_min, alpha_max, vocab_size, force)
+    return mix_reference(xp, xt, method, a, alpha_min, alpha_max, vocab_size, force)
 
 
 def sample(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0,
@@ -143,18 +144,9 @@ def step(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_s
             from .cpu_step import step_cpu
 
             return step_cpu(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, *args, force=force_)
-        if chosen == "triton":
-            from .triton_mix import mix_triton
-
-            m = mix_triton(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
-        else:
-            m = mix_reference(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
+        m = _mix(chosen, xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
         return Step.from_parts(m, _sample(m.logq, args, chosen))
 
-    if not controls.active(support_top_k, support_top_p, force, force_tokens):
-        st = core(logits_theta, logits_t, method, a, None)
-        st.forced = torch.zeros_like(st.clamped)
-        return st
     return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
                           support_top_p, force, force_tokens, per_token=True)
 

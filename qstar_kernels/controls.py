@@ -46,10 +46,6 @@ def check_controls(B: int, V: int, device, support_top_k, support_top_p, force, 
             raise ValueError(f"{name} is on {t.device} but the logits are on {device}")
 
 
-def active(support_top_k: int, support_top_p: float, force, force_tokens) -> bool:
-    return support_top_k > 0 or support_top_p < 1.0 or force is not None or force_tokens is not None
-
-
 def support_keep(logits_t: torch.Tensor, vocab_size: int | None, top_k: int, top_p: float) -> torch.Tensor:
     """(B, V) bool: pi_t's top-k set, then its nucleus (see the module docstring)."""
     # On CPU the mass sums run in float64: the nucleus boundary is a cumulative sum, and fp32
@@ -131,9 +127,14 @@ def apply(core, logits_theta, logits_t, method, alpha, vocab_size, support_top_k
           force, force_tokens, per_token: bool):
     """core(xp, xt, method, alpha, force) -> Mixture or Step, force a (B,) bool tensor or None
     (every backend takes it natively: forced rows are "fixed" at a = 0, no clamps, in the same
-    launch). per_token: Step (gather the unrestricted logp at the tokens) or Mixture."""
+    launch). per_token: Step (gather the unrestricted logp at the tokens) or Mixture.
+    With every control off the backend runs once, untouched (force None), and forced is all False."""
     B = logits_theta.shape[0]
     restricted = support_top_k > 0 or support_top_p < 1.0
+    if not restricted and force is None and force_tokens is None:
+        out = core(logits_theta, logits_t, method, alpha, None)
+        out.forced = torch.zeros_like(out.clamped)
+        return out
     xp, xt = logits_theta, logits_t
     forced = torch.zeros(B, dtype=torch.bool, device=xp.device) if force is None else force.clone()
     if restricted:

@@ -21,6 +21,18 @@ def opt(default, help: str, group: str = "run", hashed: bool = True, choices=Non
     return field(default=default, metadata=meta)
 
 
+def mixture_config(alpha_method, alpha, alpha_min, alpha_max, support_top_k, support_top_p, force_teacher):
+    """The engine's MixtureConfig of the mixture flags (`qstar generate` and `qstar check`)."""
+    from ..config import MixtureConfig, support_spec
+
+    if isinstance(support_top_k, bool) or not isinstance(support_top_k, int) or support_top_k < 0:
+        raise ValueError(f"--support-top-k must be an int >= 0 (0 = off), got {support_top_k!r}")
+    if not isinstance(support_top_p, (int, float)) or not 0 < support_top_p <= 1:
+        raise ValueError(f"--support-top-p must lie in (0, 1] (1 = off), got {support_top_p!r}")
+    return MixtureConfig(alpha_method=alpha_method, alpha=alpha, alpha_min=alpha_min, alpha_max=alpha_max,
+                         support=support_spec(support_top_k, support_top_p), force_teacher=force_teacher or "")
+
+
 @dataclass
 class GenerateConfig:
     # models
@@ -122,16 +134,9 @@ class GenerateConfig:
 
     def mixture(self):
         """The engine's MixtureConfig of these options (raises ValueError naming a bad one)."""
-        from ..config import MixtureConfig, support_spec
-
-        if isinstance(self.support_top_k, bool) or not isinstance(self.support_top_k, int) or self.support_top_k < 0:
-            raise ValueError(f"--support-top-k must be an int >= 0 (0 = off), got {self.support_top_k!r}")
-        if not isinstance(self.support_top_p, (int, float)) or not 0 < self.support_top_p <= 1:
-            raise ValueError(f"--support-top-p must lie in (0, 1] (1 = off), got {self.support_top_p!r}")
         try:
-            return MixtureConfig(alpha_method=self.alpha_method, alpha=self.alpha, alpha_min=self.alpha_min,
-                                 alpha_max=self.alpha_max, support=support_spec(self.support_top_k, self.support_top_p),
-                                 force_teacher=self.force_teacher or "")
+            return mixture_config(self.alpha_method, self.alpha, self.alpha_min, self.alpha_max,
+                                  self.support_top_k, self.support_top_p, self.force_teacher)
         except ValueError as e:
             raise ValueError(str(e).replace("force_teacher", "--force-teacher", 1)) from None
 

@@ -23,6 +23,7 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from qstar_kernels import step as mix_step
 
+from ...loading import token_table
 from . import codec
 
 REQUEST_KEYS = ("key", "seed", "temperature", "top_k", "top_p", "min_p", "alpha_method", "alpha",
@@ -72,10 +73,8 @@ class QStarSampler(LogitsProcessor):
             raise ValueError(f"logits width {self.width} is too small to carry {codec.NUM_COLUMNS} "
                              "statistic columns")
         self.device = device
-        self.special = torch.zeros(self.width, dtype=torch.bool, device=device)  # force_tokens
-        ids = [int(i) for i in getattr(mc.hf_config, "qstar_special_ids", None) or () if 0 <= int(i) < self.width]
-        if ids:
-            self.special[torch.tensor(ids, device=device)] = True
+        self.special = token_table(getattr(mc.hf_config, "qstar_special_ids", None) or (), self.width,
+                                   device)  # force_tokens
         self.rows: dict[int, tuple[dict, list[int]]] = {}  # batch index -> (qstar args, output ids)
 
     def is_argmax_invariant(self) -> bool:
