@@ -5,7 +5,9 @@
 1. First tokens: `--draws` samples of the first response token per prompt, from the engine as a
    run would draw them, against the exact behaviour distribution computed in float64 from a
    teacher-forced pass of both models (qstar_kernels reference math, controls included):
-   chi-square with cells of expected count < 5 pooled; p-value printed; FAIL below --p-min.
+   Pearson chi-square on bins of expected count >= 5 (cells sorted by probability, grouped in
+   that order; see chi_square); p-value printed; FAIL below --p-min. Too few draws for two such
+   bins: the row says how many are needed and is not judged (exit 3).
    A draw the exact distribution gives probability 0 fails outright (with a nucleus support:
    0 under every boundary variant, see 2.).
 2. Recompute: `--samples` full responses per prompt; every recorded per-token value (alpha,
@@ -20,12 +22,15 @@
 3. The alpha equation: the recorded alpha put into the method's defining equation on the
    teacher-forced distributions (qstar_kernels.equation_residual), tokens whose alpha a clamp or
    a forced-teacher rule decided aside (those are checked against their rule instead).
-One PASS/FAIL table; exit 0 when every row passes, 1 when one fails, 2 on bad input.
+One PASS/FAIL table; exit 0 when every row passes, 1 when one fails, 2 on bad input, 3 when no
+row fails but a first-token test had too few draws to be a test ("not enough draws: N needed").
 Not for: sampling datasets (pipeline/) or the math itself (qstar_kernels).
 """
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import math
 import sys
@@ -53,6 +58,11 @@ class Row:
     limit: str
     ok: bool
     detail: dict = field(default_factory=dict)
+    needed: int = 0  # > 0: too few draws for a valid test; this many are needed (the row is not judged)
+
+    @property
+    def result(self) -> str:
+        return "FAIL" if not self.ok else f"NEED {self.needed} DRAWS" if self.needed else "PASS"
 
 
 @dataclass
@@ -62,37 +72,118 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return bool(self.rows) and all(r.ok for r in self.rows)
+        return bool(self.rows) and all(r.ok and not r.needed for r in self.rows)
+
+    @property
+    def needed(self) -> int:
+        """Draws per prompt that make every first-token test valid (0: they all are)."""
+        return max([r.needed for r in self.rows] + [0])
+
+    @property
+    def exit_code(self) -> int:
+        """0 every row passes, 1 a row fails, 3 no row fails but a test had too few draws."""
+        if any(not r.ok for r in self.rows) or not self.rows:
+            return 1
+        return 3 if self.needed else 0
 
     def table(self) -> str:
         w = max(len(r.name) for r in self.rows) if self.rows else 10
         v = max([len(r.value) for r in self.rows] + [5])
         lines = [f"{'check':<{w}}  {'value':<{v}}  {'limit':<12}  result"]
-        lines += [f"{r.name:<{w}}  {r.value:<{v}}  {r.limit:<12}  {'PASS' if r.ok else 'FAIL'}" for r in self.rows]
+        lines += [f"{r.name:<{w}}  {r.value:<{v}}  {r.limit:<12}  {r.result}" for r in self.rows]
         failed = [r.name for r in self.rows if not r.ok]
-        lines.append(f"RESULT: {'PASS' if not failed else 'FAIL'} ({len(self.rows) - len(failed)}/{len(self.rows)} "
-                     f"rows pass{'; failed: ' + ', '.join(failed) if failed else ''})")
+        if failed:
+            lines.append(f"RESULT: FAIL ({len(self.rows) - len(failed)}/{len(self.rows)} rows pass; failed: "
+                         f"{', '.join(failed)})")
+        elif self.needed:
+            lines.append(f"RESULT: not enough draws: {self.needed} needed (rerun with --draws {self.needed}; "
+                         "no row failed)")
+        else:
+            lines.append(f"RESULT: PASS ({len(self.rows)}/{len(self.rows)} rows pass)")
         return "\n".join(lines)
 
 
 # ---- statistics ----------------------------------------------------------------------------
-def chi_square(counts: torch.Tensor, probs: torch.Tensor, n: int) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value); cells with expected count < 5 pooled into one,
-    together with the next-smallest cells until the pool's expected count reaches 5."""
-    exp_ = probs * n
-    order = torch.argsort(exp_)
-    e, c = exp_[order], counts[order]
-    cut = min(int((torch.cumsum(e, 0) < 5).sum()) + 1, e.numel()) if bool((e < 5).any()) else 0
-    obs = torch.cat([c[cut:], c[:cut].sum().view(1)])
-    ex = torch.cat([e[cut:], e[:cut].sum().view(1)])
-    obs, ex = obs[ex > 0], ex[ex > 0]
-    dof = int(ex.numel()) - 1
-    if dof <= 0:
-        return 0.0, 0, 1.0
+MIN_EXPECTED = 5.0  # every chi-square bin expects at least this many draws
+
+
+@dataclass
+class ChiSquare:
+    stat: float
+    dof: int          # bins - 1; 0 when the draws are too few for two bins (see `needed`)
+    p: float          # nan when dof == 0
+    needed: int = 0   # draws that make two bins (a valid test); 0 when this test is valid
+
+    @property
+    def valid(self) -> bool:
+        return self.dof >= 1
+
+
+def _bin_ends(e: list[float], min_expected: float) -> list[int]:
+    """Cut cells (expected counts sorted descending) into consecutive bins, each closed as soon as
+    its expected count reaches `min_expected`; a last group short of it joins the bin before.
+    Returns each bin's end index (exclusive); [] when not even one bin reaches min_expected."""
+    cs = list(itertools.accumulate(e))
+    ends, start_sum, i = [], 0.0, 0
+    while True:
+        j = bisect.bisect_left(cs, start_sum + min_expected, lo=i)  # the first cell that closes the bin
+        if j >= len(cs):
+            break
+        ends.append(j + 1)
+        start_sum, i = cs[j], j + 1
+    if ends:
+        ends[-1] = len(cs)
+    return ends
+
+
+def draws_needed(probs: torch.Tensor, min_expected: float = MIN_EXPECTED) -> int:
+    """The fewest draws for which the binning below makes two bins; 0 when no number can (one
+    possible token: nothing to test beyond 'every draw is that token')."""
+    p = torch.sort(probs[probs > 0].double(), descending=True).values
+    if p.numel() < 2:
+        return 0
+
+    def two_bins(n: int) -> bool:  # the very rule chi_square bins by (monotone in n)
+        return len(_bin_ends((p * n).tolist(), min_expected)) >= 2
+
+    lo, hi = 1, 2
+    while not two_bins(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 62:
+            return 0
+    while lo < hi:  # two_bins is monotone in n
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if not two_bins(mid) else (lo, mid)
+    return hi
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor, n: int,
+               min_expected: float = MIN_EXPECTED) -> ChiSquare:
+    """Pearson's chi-square of `counts` (n draws) against `probs`, on bins of expected count >=
+    min_expected: cells sorted by expected count (descending, ties by index) are grouped in that
+    order, a bin closing once its expected count reaches min_expected, a short last group joining
+    the bin before. So a cell expecting >= 5 is its own bin and the thin tail is pooled into bins
+    that each expect ~5 (pooling the tail into one cell and leaving the other thin cells alone, as
+    this test once did, makes the statistic's distribution far from chi-square: false alarms and
+    missed biases). Cells of probability 0 are not binned: a draw there is checked apart as
+    impossible. Too few draws for two bins: dof 0 and `needed` = the draws that make two."""
+    e = (probs.double() * n)
+    order = torch.argsort(e, descending=True, stable=True)
+    e, c = e[order], counts.double()[order]
+    keep = e > 0
+    e, c = e[keep], c[keep]
+    ends = _bin_ends(e.tolist(), min_expected)
+    if len(ends) < 2:
+        return ChiSquare(0.0, 0, math.nan, needed=draws_needed(probs, min_expected))
+    last = torch.tensor(ends) - 1
+    zero = torch.zeros(1, dtype=torch.float64)
+    ex = torch.diff(torch.cumsum(e, 0)[last], prepend=zero)
+    obs = torch.diff(torch.cumsum(c, 0)[last], prepend=zero)
+    dof = len(ends) - 1
     stat = float(((obs - ex) ** 2 / ex).sum())
     p = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
                                       torch.tensor(stat / 2, dtype=torch.float64)))
-    return stat, dof, p
+    return ChiSquare(stat, dof, p)
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
@@ -199,11 +290,18 @@ def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: f
         # a nucleus boundary token may be in or out; so may a greedy near-tie
         possible = torch.stack([ref.allowed(lq, b, tol)[0] for lq, b in zip(logqs, behs)]).any(0)
         impossible = int(counts[~possible].sum())
-        stat, dof, p = chi_square(counts, probs, draws)
-        ok = impossible == 0 and p > p_min
-        value = f"p = {p:.3g}" + (f", {impossible} impossible" if impossible else "")
-        rows.append(Row(f"first token, prompt {i + 1} ({draws} draws)", value, f"p > {p_min:g}", ok,
-                        dict(chi2=stat, dof=dof, p=p, impossible_draws=impossible)))
+        cs = chi_square(counts, probs, draws)
+        detail = dict(chi2=cs.stat, dof=cs.dof, p=cs.p if cs.valid else None, impossible_draws=impossible)
+        name = f"first token, prompt {i + 1} ({draws} draws)"
+        bad = f", {impossible} impossible" if impossible else ""
+        if cs.valid:
+            rows.append(Row(name, f"p = {cs.p:.3g}" + bad, f"p > {p_min:g}", impossible == 0 and cs.p > p_min,
+                            detail))
+        elif cs.needed:  # a chi-square on fewer draws would be no test: say so, judge nothing
+            rows.append(Row(name, f"{cs.needed} draws needed" + bad, f"p > {p_min:g}", impossible == 0,
+                            dict(detail, needed=cs.needed), needed=cs.needed))
+        else:  # one possible token: every draw must be it
+            rows.append(Row(name, f"1 possible token{bad}", "0 impossible", impossible == 0, detail))
     return rows
 
 
@@ -342,7 +440,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[1].strip() + "\n\nDraws first tokens and compares them "
                        "with the exact behaviour distribution (chi-square), recomputes the recorded per-token "
                        "values of a few samples, checks the alpha equation. Exit 0 = every row PASS, 1 = a row "
-                       "FAILs, 2 = bad input.",
+                       "FAILs, 2 = bad input, 3 = too few --draws for a valid chi-square (the RESULT line "
+                       "says how many are needed).",
                        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     groups = add_config_flags(p, {k: v for k, v in GROUPS.items() if k not in ("data", "output")}, FLAG_FIELDS)
     g = p.add_argument_group("check")
@@ -394,7 +493,8 @@ def _options(ns: argparse.Namespace) -> dict:
 
 
 def run(ns: argparse.Namespace) -> int:
-    """Exit code: 0 every row passes, 1 a row fails, 2 bad input (one line on stderr)."""
+    """Exit code: 0 every row passes, 1 a row fails, 2 bad input (one line on stderr), 3 too few
+    draws for a valid first-token test (and no row fails)."""
     try:
         opts = _options(ns)
         report = check(**opts, log=lambda msg: print(msg, file=sys.stderr))
@@ -407,5 +507,6 @@ def run(ns: argparse.Namespace) -> int:
     print(report.table())
     if ns.json:
         Path(ns.json).write_text(json.dumps(dict(config=report.config, passed=report.passed,
+                                                 draws_needed=report.needed, exit_code=report.exit_code,
                                                  rows=[asdict(r) for r in report.rows]), indent=1, default=str))
-    return 0 if report.passed else 1
+    return report.exit_code

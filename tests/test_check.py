@@ -1,6 +1,7 @@
 """`qstar check`: passes on the tiny pairs for every method with the controls on, fails (exit 1,
 the failing row named) when the sampler is deliberately biased, refuses bad input (exit 2)."""
 import json
+import math
 
 import pytest
 import torch
@@ -121,17 +122,81 @@ def test_check_per_side_prompts(pair_dirs, tmp_path, capsys):
     assert rc == 2 and "--prompt-t given 1 times but --prompt 2 times" in capsys.readouterr().err
 
 
-def test_chi_square_false_alarm_rate_with_a_thin_tail():
-    """Exact multinomial draws from a distribution whose tail expects ~0.05 counts in all: the
-    pooled test must fail about p_min of the time, not more (a thin pooled cell inflates it)."""
+V_SIM = 49152
+
+
+def _shape(name: str) -> torch.Tensor:
+    """Three first-token shapes: one token with ~96% of the mass; a flat tail (logits N(0, 3^2):
+    ~50 cells expect >= 5 of 2,000 draws, thousands expect 0.05-5); Zipf (p ~ 1/rank^1.1)."""
+    g = torch.Generator().manual_seed(7)
+    if name == "sharp":
+        lg = torch.randn(V_SIM, generator=g, dtype=torch.float64) * 2
+        lg[3] += 14
+    elif name == "flat":
+        lg = torch.randn(V_SIM, generator=g, dtype=torch.float64) * 3
+    else:
+        lg = -1.1 * torch.log(torch.arange(1, V_SIM + 1, dtype=torch.float64))
+    return lg
+
+
+def _draws(probs: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """Exact draws (inverse CDF), counted per cell."""
+    cdf = torch.cumsum(probs, 0)
+    u = torch.rand(n, generator=g, dtype=torch.float64) * float(cdf[-1])
+    idx = torch.searchsorted(cdf, u, right=True).clamp_max(probs.numel() - 1)
+    return torch.bincount(idx, minlength=probs.numel()).double()
+
+
+@pytest.mark.parametrize("shape", ["sharp", "flat", "zipf"])
+def test_chi_square_false_alarm_rate(shape):
+    """Exact draws: the test rejects at p < 0.01 about 1% of the time on every shape (the old
+    pooling, which left thousands of thin cells unpooled, rejected 40% on the flat tail)."""
     from engine.check import chi_square
 
+    probs = torch.softmax(_shape(shape), 0)
+    g = torch.Generator().manual_seed(1)
+    trials, n = 240, 2000
+    ps = [chi_square(_draws(probs, n, g), probs, n) for _ in range(trials)]
+    assert all(c.valid for c in ps)
+    rate = sum(c.p < 0.01 for c in ps) / trials
+    assert 0 <= rate <= 0.025, (shape, rate, ps[0].dof)
+    assert sum(c.p < 0.5 for c in ps) / trials > 0.35, "p-values pile up near 1: the test is too lenient"
+
+
+def test_chi_square_detects_a_slightly_wrong_temperature():
+    """A sampler at T = 0.9 instead of 1 on the flat-tailed row, 5,000 draws: detected (p below
+    the default --p-min 1e-3) in at least 19 of 20 seeds."""
+    from engine.check import chi_square
+
+    lg = _shape("flat")
+    probs, wrong = torch.softmax(lg, 0), torch.softmax(lg / 0.9, 0)
+    detected = sum(chi_square(_draws(wrong, 5000, torch.Generator().manual_seed(s)), probs, 5000).p < 1e-3
+                   for s in range(20))
+    assert detected >= 19, detected
+
+
+def test_chi_square_says_how_many_draws_it_needs():
+    from engine.check import chi_square, draws_needed
+
+    probs = torch.softmax(_shape("sharp"), 0)
+    need = draws_needed(probs)
+    assert need > 10  # the top token takes ~96%: the rest needs ~5 / 0.04 draws
     g = torch.Generator().manual_seed(0)
-    probs = torch.cat([torch.full((20,), 0.05 - 2.5e-6 / 2), torch.full((100,), 2.5e-7)]).double()
-    probs /= probs.sum()
-    n, trials, p_min = 2000, 3000, 0.01
-    fails = 0
-    for _ in range(trials):
-        counts = torch.bincount(torch.multinomial(probs, n, replacement=True, generator=g), minlength=120).double()
-        fails += chi_square(counts, probs, n)[2] <= p_min
-    assert fails / trials < 2 * p_min, fails / trials
+    short, enough = chi_square(_draws(probs, need - 1, g), probs, need - 1), chi_square(_draws(probs, need, g), probs, need)
+    assert not short.valid and short.needed == need and math.isnan(short.p)
+    assert enough.valid and enough.dof >= 1
+    assert draws_needed(torch.tensor([0.0, 1.0, 0.0])) == 0  # one possible token: nothing to bin
+    assert draws_needed(torch.full((64,), 1 / 64, dtype=torch.float64)) == 10  # two bins of 5
+
+
+def test_check_too_few_draws_has_its_own_result_and_exit_code(pair_dirs, tmp_path, capsys):
+    out = tmp_path / "check.json"
+    rc = main(["check", "--model-theta", pair_dirs[0], "--model-t", pair_dirs[1], "--draws", "3", "--samples", "1",
+               "--max-new-tokens", "4", "--threads", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert rc == 3, text
+    assert "RESULT: not enough draws:" in text and "PASS" not in text.splitlines()[-1]
+    need = rep["draws_needed"]
+    assert need > 3 and f"not enough draws: {need} needed" in text
+    assert rep["exit_code"] == 3 and not rep["passed"]
