@@ -14,75 +14,17 @@ import os
 
 import torch
 
-from .config import EngineConfig, MixtureConfig, SamplingParams
-from .core import Engine, Pair, Request
+from .config import EngineConfig, MixtureConfig
+from .core import Pair
 from .loading import load_model, tokenizer_gate
-from .outputs import SampleOutput
-from .prompts import PromptError, render
+from .sampling_model import OptimalSamplingModel
 
-
-def _ids(tokenizer, prompt, chat_template, system_prompt) -> list[int]:
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return list(prompt)  # already token ids
-    return render(tokenizer, prompt, chat_template=chat_template, system_prompt=system_prompt)
+__all__ = ["create_optimal_sampling_model", "OptimalSamplingModel"]
 
 
 def _max_positions(model) -> int:
     cfg = model.config
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1 << 20)
-
-
-class OptimalSamplingModel:
-    """A loaded policy/teacher pair ready to sample from q ∝ pi_theta^a pi_t^(1-a)."""
-
-    def __init__(self, pair: Pair, engine_cfg: EngineConfig, mixture: MixtureConfig):
-        self.pair, self.engine_cfg, self.mixture = pair, engine_cfg, mixture
-        self.tokenizer = pair.tokenizer
-        self.engine = Engine(pair, engine_cfg, mixture)
-
-    def generate(self, prompts, max_new_tokens: int = 100, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, prompts_t=None, n: int = 1, ignore_eos: bool = False,
-                 chat_template: bool | tuple[bool, bool] = True, stop=None, min_p: float = 0.0,
-                 system_prompt: str | None = None, keys: list[int] | None = None,
-                 progress=None, should_stop=None) -> list[SampleOutput]:
-        """Sample n responses per prompt; returns len(prompts) * n outputs, prompt-major.
-
-        prompts / prompts_t: strings or OpenAI message lists; prompts_t (default: prompts) is
-        what pi_t sees — e.g. the problem plus a reference solution. chat_template: apply the
-        tokenizer's chat template (a (theta, t) pair sets it per side); a prompt given as a list
-        of token ids is used as it is. keys: one int64 RNG key per output (flat, prompt-major,
-        len(prompts) * n; default: (i << 20) + j for sample j of prompt i) — a sample's tokens
-        depend only on (seed, key, position). should_stop: polled every step; once true no new
-        request starts (the running ones finish) and the unstarted ones are not returned.
-        A prompt that cannot be used becomes an output with finish_reason "error".
-        """
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                top_p=top_p, min_p=min_p, seed=seed, n=n, ignore_eos=ignore_eos,
-                                stop=stop or [])
-        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
-            raise ValueError("prompts must be a list of prompts (each a string or a message list)")
-        prompts_t = prompts if prompts_t is None else prompts_t
-        if len(prompts_t) != len(prompts):
-            raise ValueError(f"prompts_t has {len(prompts_t)} entries but prompts has {len(prompts)}")
-        if keys is not None and len(keys) != len(prompts) * n:
-            raise ValueError(f"keys needs one entry per output (len(prompts) * n = {len(prompts) * n}), "
-                             f"got {len(keys)}")
-        ct_theta, ct_t = chat_template if isinstance(chat_template, tuple) else (chat_template, chat_template)
-        requests = []
-        for i, (p_theta, p_t) in enumerate(zip(prompts, prompts_t)):
-            ids_theta, ids_t, err = [], [], None
-            try:
-                ids_theta = _ids(self.tokenizer, p_theta, ct_theta, system_prompt)
-                ids_t = _ids(self.tokenizer, p_t, ct_t, system_prompt)
-            except PromptError as e:
-                err = str(e)
-            for j in range(n):
-                key = (i << 20) + j if keys is None else int(keys[len(requests)])
-                requests.append(Request(index=len(requests), group=i, ids_theta=ids_theta, ids_t=ids_t,
-                                        key=key, prompt_index=i, sample_index=j, error=err))
-        if self.engine_cfg.threads:
-            torch.set_num_threads(self.engine_cfg.threads)
-        return self.engine.run(requests, params, progress=progress, should_stop=should_stop)
 
 
 def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_symmetry", alpha: float = 0.5,

@@ -11,19 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
+from .check.cli import add_parser as add_check
+from .flags import GROUPS, add_config_flags
 from .pipeline.config import GenerateConfig
-
-GROUPS = {"models": "models", "data": "data and prompts", "mixture": "mixture (alpha is the weight on pi_theta)",
-          "sampling": "sampling (acts on q after alpha is solved)", "output": "output and resume",
-          "execution": "execution (not part of the resume config)"}
-
-
-def _flags(name: str) -> list[str]:
-    kebab = "--" + name.replace("_", "-")
-    return [kebab] if "_" not in name else [kebab, "--" + name]
 
 
 def _add_generate(sub) -> argparse.ArgumentParser:
@@ -38,40 +31,30 @@ def _add_generate(sub) -> argparse.ArgumentParser:
     return p
 
 
-def add_config_flags(p: argparse.ArgumentParser, groups: dict, names=None) -> dict:
-    """One flag per GenerateConfig field (of `names`, default all) in its group; returns the groups."""
-    groups = {k: p.add_argument_group(v) for k, v in groups.items()}
-    for f in fields(GenerateConfig):
-        if names is not None and f.name not in names:
-            continue
-        g = groups[f.metadata["group"]]
-        default = f.default if f.default is not MISSING else f.default_factory()
-        help_ = f.metadata["help"] + (f" (default: {default})" if default not in (None, False, []) else "")
-        if f.type in ("bool", bool):
-            g.add_argument(*_flags(f.name), action="store_true", dest=f.name, help=help_)
-            if default is True:
-                g.add_argument(*_flags("no_" + f.name), action="store_false", dest=f.name,
-                               help=f"turn off --{f.name.replace('_', '-')}")
-        elif f.metadata.get("flag_type") == "append":
-            g.add_argument(*_flags(f.name), action="append", dest=f.name, help=help_)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            g.add_argument(*_flags(f.name), type=kind, dest=f.name, choices=f.metadata.get("choices"),
-                           help=help_, metavar=f.name.upper() if not f.metadata.get("choices") else None)
-    return groups
-
-
 def _read_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--config {path}: no such file")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:  # one line: where and what, not the parser's traceback
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"--config {path}:{where}: not valid YAML ({what})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}); "
+                             "YAML files need a .yaml or .yml suffix") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of option names to values")
     data = {k.replace("-", "_"): v for k, v in data.items()}
@@ -97,8 +80,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version="qstar 0.1.0")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
-    from .check import add_parser as add_check
-
     add_check(sub)
     sub.add_parser("demo", help="the whole job on SmolLM2-135M (teacher sees the solution); see `qstar demo --help`")
     from .analysis.cli import add_parsers
@@ -108,30 +89,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run_generate(ns) -> int:
+    try:
+        cfg = build_config(ns)  # every flag checked here, before torch or a model loads
+    except ValueError as e:
+        print(f"qstar generate: error: {e}", file=sys.stderr)
+        return 2
+    from .loading import quiet_libraries
     from .pipeline import data, run, store
+    from .pipeline.errors import RunError
 
     try:
-        cfg = build_config(ns)
         quiet_libraries()
         return run.run_generate(cfg)
-    except (ValueError, OSError, run.RunError, data.DataError, store.ResumeError) as e:
+    except (ValueError, OSError, RunError, data.DataError, store.ResumeError) as e:
         print(f"qstar generate: error: {e}", file=sys.stderr)
         return 2
 
 
-def quiet_libraries() -> None:
-    """Our progress line is the one to read: no per-file bars from transformers/datasets."""
-    try:
-        from transformers.utils import logging as tlog
-
-        tlog.disable_progress_bar()
-        tlog.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 a check failed, 2 bad input, 3 check had too few draws, 130 Ctrl-C."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while models load, or a second Ctrl-C: one line, no traceback
+        what = argv[0] if argv and argv[0] in ("generate", "check", "demo", "analyze", "report") else "qstar"
+        hint = ("; records written so far are kept: rerun the same command to resume"
+                if what in ("generate", "demo") else "")
+        print(f"\n[qstar] {what} interrupted{hint}", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:  # its own flags: `qstar demo --help`
         from .demo import main as demo_main
 
@@ -141,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "generate":
         return _run_generate(ns)
     if ns.command == "check":
-        from .check import run as run_check
+        from .check.cli import run as run_check
 
-        quiet_libraries()
         return run_check(ns)
     if ns.command in ("analyze", "report"):
         from .analysis import cli as analysis_cli

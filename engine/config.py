@@ -5,10 +5,12 @@ Not for: defaults of the pipeline (datasets, records) — those live with the pi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+from qstar_kernels.names import BACKENDS, METHODS
 
-from qstar_kernels import BACKENDS, METHODS
+if TYPE_CHECKING:
+    import torch
 
 
 FORCE_TEACHER = ("first", "special")
@@ -142,6 +144,8 @@ class EngineConfig:
             raise ValueError(f"kernels_backend must be one of {BACKENDS}, got {self.kernels_backend!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
+        import torch
+
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -153,4 +157,6 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return getattr(torch, self.dtype)

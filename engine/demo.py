@@ -108,7 +108,7 @@ def _tokens(run: Path) -> int:
 
 def _analysis(run: Path, out: Path) -> dict:
     """qstar analyze + qstar report on the run (when the analysis package is present)."""
-    from .cli import main as qstar
+    from .analysis.cli import main as qstar
 
     plots = out / "analysis"
     report = out / "report.html"

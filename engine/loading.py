@@ -5,7 +5,6 @@ Not for: running the models (slot_model.py / hf_fallback.py) or rendering prompt
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -14,24 +13,25 @@ from pathlib import Path
 
 import torch
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QSTAR_CACHE_DIR", Path.home() / ".cache" / "qstar"))
+from .cache import gguf_cache_path
 
 
-def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:20]
+def quiet_libraries() -> None:
+    """Our progress line is the one to read: no per-file bars from transformers/datasets."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def gguf_cache_dir(gguf: Path) -> Path:
     """A safetensors copy of a GGUF model, keyed by the file's content hash; built once."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dest = cache_root() / "gguf" / _file_digest(gguf)
+    dest = gguf_cache_path(gguf)
     if (dest / "config.json").exists():
         return dest
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

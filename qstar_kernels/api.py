@@ -20,7 +20,7 @@ from .ref_mix import log_softmax_masked, mix_reference
 from .ref_sample import prefix_keep, sample_reference
 from .types import Mixture, Sampled, Step
 
-BACKENDS = ("auto", "torch", "triton", "cpu")
+from .names import BACKENDS
 
 
 def _cpu_available() -> bool:

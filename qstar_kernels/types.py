@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-METHODS = ("fixed", "entropy", "kl_symmetry", "ess_balance", "reverse_kl_symmetry")
+from .names import METHODS  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -87,6 +87,7 @@ class Step:
     residual: torch.Tensor
     clamped: torch.Tensor
     forced: torch.Tensor | None = None
+    passes: torch.Tensor | None = None  # (B,) int32, full reads of both logit rows (fused Triton step only)
 
     @staticmethod
     def from_parts(m: Mixture, s: Sampled) -> "Step":

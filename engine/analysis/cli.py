@@ -307,3 +307,10 @@ def run(ns) -> int:
         print(f"qstar {ns.command}: error: {e}; install the plotting dependency with `pip install matplotlib`",
               file=sys.stderr)
         return 2
+
+
+def main(argv: list[str]) -> int:
+    """`qstar analyze ...` / `qstar report ...` without the rest of the CLI (the demo calls this)."""
+    ap = argparse.ArgumentParser(prog="qstar")
+    add_parsers(ap.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return run(ap.parse_args(argv))

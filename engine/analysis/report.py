@@ -34,9 +34,9 @@ def load_tokenizer(model_path: str | None) -> tuple[object | None, str]:
         from transformers import AutoTokenizer
 
         if p.suffix == ".gguf":
-            from ..loading import _file_digest, cache_root
+            from ..cache import gguf_cache_path
 
-            cached = cache_root() / "gguf" / _file_digest(p.resolve())
+            cached = gguf_cache_path(p.resolve())
             if (cached / "tokenizer_config.json").exists():  # generate already converted this file
                 return AutoTokenizer.from_pretrained(str(cached), local_files_only=True), f"tokenizer: {cached}"
             return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True), \

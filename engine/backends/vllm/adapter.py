@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections import deque
 
-from ...api import OptimalSamplingModel
+from ...sampling_model import OptimalSamplingModel
 from ...config import EngineConfig, MixtureConfig, SamplingParams
 from ...core import Request
 from ...outputs import SampleOutput
