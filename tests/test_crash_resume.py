@@ -85,3 +85,29 @@ def test_sigint_finishes_samples_in_hand_and_prints_resume(pair_dirs, tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     check_files(out, complete=True)
+
+
+def test_second_sigint_stops_at_once_and_loses_nothing(pair_dirs, tmp_path):
+    """Two Ctrl-Cs: no traceback, exit 130, only whole lines on disk (records flushed and closed),
+    every record with its diagnostics, and the resume finishes the run."""
+    ds = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    out = tmp_path / "o.jsonl"
+    p = start(cmd(pair_dirs, ds, out))
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and out.stat().st_size > 0):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "interrupted; resume with:" in err
+    keys = check_files(out, complete=False)
+    assert 0 < len(keys) < 10 and out.read_text().endswith("\n")
+    diag = [json.loads(x) for x in out.with_suffix(".diagnostics.jsonl").read_text().splitlines()]
+    assert set(keys) <= {(d["sample_idx"], d["n"]) for d in diag}
+    p = start(cmd(pair_dirs, ds, out))
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert sorted(check_files(out, complete=False)) == [(i, j) for i in range(5) for j in range(2)]

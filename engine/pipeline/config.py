@@ -5,9 +5,12 @@ Not for: engine internals (engine.config holds those; to_engine() maps onto them
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from qstar_kernels import METHODS
+
+from .data import unescape
 
 LONG_PROMPT = ("skip", "truncate-left", "error")
 FORMATS = ("jsonl", "parquet")
@@ -31,6 +34,22 @@ def mixture_config(alpha_method, alpha, alpha_min, alpha_max, support_top_k, sup
         raise ValueError(f"--support-top-p must lie in (0, 1] (1 = off), got {support_top_p!r}")
     return MixtureConfig(alpha_method=alpha_method, alpha=alpha, alpha_min=alpha_min, alpha_max=alpha_max,
                          support=support_spec(support_top_k, support_top_p), force_teacher=force_teacher or "")
+
+
+def _check_int(name: str, value, low: int | None, hint: str = "") -> None:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{flag} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{flag} must be >= {low}{hint}, got {value}")
+
+
+def _check_float(name: str, value, ok, rule: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value!r}")
+    if not ok(value):
+        raise ValueError(f"{flag} {rule}, got {value}")
 
 
 @dataclass
@@ -125,12 +144,38 @@ class GenerateConfig:
             if ch and getattr(self, f.name) not in ch:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be one of {', '.join(ch)}, "
                                  f"got {getattr(self, f.name)!r}")
-        if self.num_samples is not None and self.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.num_samples is not None:
+            _check_int("num_samples", self.num_samples, 1)
+        self._check_sampling()
+        _check_int("batch_size", self.batch_size, 1)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1)
         self.mixture()  # the mixture options' own checks
         self._check_ray()
+
+    def _check_sampling(self) -> None:
+        """Every sampling flag, named, before anything loads (SamplingParams checks again, in its words)."""
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_int("n", self.n, 1)
+        _check_int("top_k", self.top_k, 0, " (0 = off)")
+        _check_int("seed", self.seed, None)
+        _check_float("temperature", self.temperature, lambda x: x >= 0, "must be >= 0 (0 = greedy)")
+        _check_float("top_p", self.top_p, lambda x: 0 < x <= 1, "must lie in (0, 1] (1 = off)")
+        _check_float("min_p", self.min_p, lambda x: 0 <= x <= 1, "must lie in [0, 1] (0 = off)")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"--stop must be a non-empty string, got {s!r}")
+
+    def notes(self) -> list[str]:
+        """Options that are valid but have no effect as combined (printed, not refused)."""
+        if self.temperature != 0:
+            return []
+        moot = [f"--{n.replace('_', '-')}" for n, off in (("top_p", 1.0), ("top_k", 0), ("min_p", 0.0))
+                if getattr(self, n) != off]
+        if not moot:
+            return []
+        return [f"--temperature 0 is greedy (the most likely token of q): {', '.join(moot)} "
+                f"{'is' if len(moot) == 1 else 'are'} moot"]
 
     def mixture(self):
         """The engine's MixtureConfig of these options (raises ValueError naming a bad one)."""
@@ -158,8 +203,12 @@ class GenerateConfig:
                                  "--ray auto or --ray ADDRESS")
 
     def hashed(self) -> dict:
-        """The keys that change what is sampled (the resume guard)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hashed", True)}
+        """The keys that change what is sampled (the resume guard). Templates as they are applied
+        (\\n unescaped): a run whose template meant a literal backslash-n is not resumed with newlines."""
+        h = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hashed", True)}
+        for name in ("theta_template", "t_template"):
+            h[name] = unescape(h[name])
+        return h
 
     def to_dict(self) -> dict:
         return asdict(self)

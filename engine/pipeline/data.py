@@ -1,8 +1,13 @@
 """Dataset rows in, per-side prompts out.
 
 Sources: a .jsonl/.json/.parquet/.csv file, a local dataset dir (save_to_disk or data files), or a
-hub dataset. Prompt fields are auto-detected (messages, prompt, question, problem,
-instruction(+input), query) unless --prompt-field, templates or an adapter say otherwise.
+hub dataset. A name that looks like a local path (a data-file suffix, a leading / . ~, or more
+than one separator) and does not exist fails at once, without asking the Hub. Prompt fields are
+auto-detected (messages, prompt, question, problem, instruction(+input), query) unless
+--prompt-field, templates or an adapter say otherwise. Templates and --id-field are checked
+against the columns before any model loads; a row that lacks a column is skipped and reported.
+In a template string (never in the field values put into it) \\n, \\t and \\\\ are a newline,
+a tab and one backslash, so a shell-quoted '{problem}\\n\\n{solution}' means what it says.
 Not for: tokenising (run.py) or writing records (records.py).
 """
 from __future__ import annotations
@@ -10,11 +15,17 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import os
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
 PROMPT_FIELDS = ("messages", "prompt", "question", "problem", "instruction", "query")
 ID_FIELDS = ("id", "sample_id", "uid")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst")
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_ESCAPE = re.compile(r"\\([\\nt])")
 
 
 class DataError(ValueError):
@@ -55,11 +66,29 @@ def _read_file(p: Path) -> list[dict]:
     raise DataError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .parquet or .csv")
 
 
+def looks_local(dataset: str) -> bool:
+    """A path, not a hub name (hub names are `name` or `owner/name`, with no data-file suffix)."""
+    d = dataset.replace("\\", "/")
+    return (d.lower().endswith(FILE_SUFFIXES) or d.startswith(("/", ".", "~")) or d.count("/") > 1
+            or (len(d) > 1 and d[1] == ":"))
+
+
+def offline() -> str | None:
+    """The variable that puts the Hub offline, if one is set (then only cached datasets load)."""
+    for var in OFFLINE_VARS:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return None
+
+
 def load_rows(dataset: str, split: str = "train", subset: str | None = None,
               num_samples: int | None = None) -> list[dict]:
     p = Path(dataset).expanduser()
     if p.is_file():
         rows = _read_file(p)
+    elif not p.exists() and looks_local(dataset):
+        raise DataError(f"cannot load dataset {dataset!r}: no such file or directory (a local path, so the Hub "
+                        "was not asked)")
     else:
         rows = _load_hf(dataset, p, split, subset)
     if not all(isinstance(r, dict) for r in rows[:100]):
@@ -83,7 +112,10 @@ def _load_hf(dataset: str, p: Path, split: str, subset: str | None) -> list[dict
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
         where = "local dir" if p.is_dir() else "not a local file or dir; as a hub dataset"
-        raise DataError(f"cannot load dataset {dataset!r} ({where}): {type(e).__name__}: {e}") from e
+        if not p.is_dir() and offline():
+            where += f", offline ({offline()} is set: only datasets in the local cache load)"
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"cannot load dataset {dataset!r} ({where}): {type(e).__name__}: {first}") from None
     return [dict(r) for r in ds]
 
 
@@ -122,11 +154,48 @@ def _field_prompt(row: dict, field: str):
     return str(value)
 
 
+def unescape(tpl: str | None) -> str | None:
+    r"""\n -> newline, \t -> tab, \\ -> one backslash, in a template string; anything else is kept."""
+    if not tpl:
+        return tpl
+    return _ESCAPE.sub(lambda m: {"n": "\n", "t": "\t"}.get(m[1], "\\"), tpl)
+
+
+def template_fields(tpl: str, flag: str) -> list[str]:
+    """The columns a template reads ('{a.b[0]}' reads a); DataError for a malformed one."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(tpl) if name is not None]
+    except ValueError as e:
+        raise DataError(f"{flag} {tpl!r} is not a valid format string ({e}); "
+                        "write a literal brace as {{ or }}") from None
+    out = []
+    for name in names:
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if not base or base.isdigit():
+            raise DataError(f"{flag} {tpl!r}: every placeholder must name a column, e.g. {{problem}}; "
+                            f"got {{{name}}}")
+        out.append(base)
+    return out
+
+
+def check_columns(columns: list[str], cfg) -> None:
+    """Templates and --id-field against the dataset's columns: one line, before any model loads."""
+    for flag, tpl in (("--theta-template", cfg.theta_template), ("--t-template", cfg.t_template)):
+        if tpl and not cfg.adapter:
+            for name in template_fields(unescape(tpl), flag):
+                if name not in columns:
+                    raise DataError(f"{flag}: {{{name}}} is not a column; columns: {', '.join(columns)}")
+    if cfg.id_field and cfg.id_field not in columns:
+        raise DataError(f"--id-field {cfg.id_field!r} is not a column; columns: {', '.join(columns)}")
+
+
 def _template(tpl: str, row: dict) -> str:
     try:
-        text = tpl.format_map(row)
+        text = unescape(tpl).format_map(row)
     except KeyError as e:
         raise RowError(f"missing field {e.args[0]!r} for the template") from None
+    except (IndexError, AttributeError, TypeError, ValueError) as e:  # '{a[0]}' on a row where a is not a list
+        raise RowError(f"the template cannot be filled from this row ({type(e).__name__}: {e})") from None
     if not text.strip():
         raise RowError("the template renders an empty prompt")
     return text

@@ -1,68 +1,28 @@
 """Run `qstar generate`: dataset -> prompts -> engine -> records, with progress and SIGINT.
 
-Order matters for a user: everything cheap is checked before the models load (dataset, prompt
-field, output dir, resume config), so mistakes fail in seconds.
-Not for: the decode loop (engine.core) or record layout (records.py).
+Order matters for a user: everything cheap is checked before the models load (flags, dataset,
+prompt field, template placeholders, output path, resume config), so mistakes fail in seconds
+and leave no file that blocks the corrected rerun; a resumed run with nothing left to do says so
+without loading the models.
+Not for: the decode loop (engine.core), loading the pair (pair.py) or record layout (records.py).
 """
 from __future__ import annotations
 
-import math
 import shlex
 import signal
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
 from ..config import SamplingParams
 from ..core import Request
 from ..prompts import PromptError, render
 from . import data, records, store
 from .config import GenerateConfig
+from .errors import RunError
+from .pair import load_pair
+from .progress import Progress, Stats
 
-
-class RunError(RuntimeError):
-    """Stops the run with a message and a non-zero exit (never a traceback)."""
-
-
-@dataclass
-class Stats:
-    done_before: int = 0
-    done: int = 0
-    tokens: int = 0
-    alpha_sum: float = 0.0
-    alpha_n: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    t0: float = field(default_factory=time.perf_counter)
-    last_print: float = 0.0
-
-    def skip(self, log, reason: str, count: int, **where) -> None:
-        """Count `count` samples skipped for `reason` and list them in the skipped file."""
-        self.skipped[_reason(reason)] += count
-        log.write(dict(**where, reason=reason))
-
-
-class Progress:
-    """One stderr line: samples, samples/s, tokens/s, ETA, running mean alpha."""
-
-    def __init__(self, total: int, quiet: bool, stats: Stats):
-        self.total, self.quiet, self.s = total, quiet, stats
-
-    def line(self) -> str:
-        s, el = self.s, max(time.perf_counter() - self.s.t0, 1e-9)
-        rate = s.done / el
-        eta = (self.total - s.done) / rate if rate > 0 else float("nan")
-        alpha = s.alpha_sum / s.alpha_n if s.alpha_n else float("nan")
-        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "?"
-        return (f"[qstar] {s.done}/{self.total} samples  {rate:.2f} samples/s  {s.tokens / el:.1f} tok/s  "
-                f"ETA {eta_s}  alpha {alpha:.3f}")
-
-    def update(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if self.quiet or (not force and now - self.s.last_print < 1.0):
-            return
-        self.s.last_print = now
-        print("\r" + self.line(), end="\n" if force else "", file=sys.stderr, flush=True)
+__all__ = ["RunError", "run_generate"]  # cli.py catches run.RunError
 
 
 def _rows_to_work(cfg: GenerateConfig, done: set, skipped_log) -> tuple[list, Stats]:
@@ -71,6 +31,7 @@ def _rows_to_work(cfg: GenerateConfig, done: set, skipped_log) -> tuple[list, St
         raise RunError(f"dataset {cfg.dataset!r} has no rows")
     adapter = data.load_adapter(cfg.adapter) if cfg.adapter else None
     columns = sorted({k for r in rows[:1000] for k in r})
+    data.check_columns(columns, cfg)
     field_name = None if (adapter or cfg.theta_template) else data.detect_field(columns, cfg.prompt_field)
     stats = Stats(done_before=len(done))
     work = []
@@ -81,18 +42,11 @@ def _rows_to_work(cfg: GenerateConfig, done: set, skipped_log) -> tuple[list, St
         try:
             prompts = data.make_prompts(row, idx, cfg, field_name, adapter)
         except data.RowError as e:
-            stats.skip(skipped_log, str(e), len(todo), sample_idx=idx)
+            stats.skip(skipped_log, str(e), len(todo), "row", sample_idx=idx)
             continue
         originals = data.original_columns(row, {field_name} if field_name else set())
         work.append((idx, prompts, originals, todo))
     return work, stats
-
-
-def _reason(msg: str) -> str:
-    for key in ("empty prompt", "missing field", "too long", "no user turn", "adapter", "error"):
-        if key in msg:
-            return key
-    return "other"
 
 
 def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: Stats,
@@ -110,7 +64,7 @@ def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: St
             ids_theta = _fit(ids_theta, limits[0], "model_theta", idx, cfg)
             ids_t = _fit(ids_t, limits[1], "model_t", idx, cfg)
         except (PromptError, data.RowError) as e:
-            stats.skip(skipped_log, str(e), len(todo), sample_idx=idx)
+            stats.skip(skipped_log, str(e), len(todo), "prompt", sample_idx=idx)
             continue
         for j in todo:
             r = Request(index=len(reqs), group=idx, ids_theta=ids_theta, ids_t=ids_t,
@@ -131,59 +85,85 @@ def _fit(ids: list[int], limit: int, side: str, idx: int, cfg: GenerateConfig) -
     raise data.RowError(msg)
 
 
-def load_pair(cfg: GenerateConfig):
-    """Both models and the engine as the run's options say (also what each Ray replica loads)."""
-    from ..api import create_optimal_sampling_model
-
-    m = cfg.mixture()
-    return create_optimal_sampling_model(cfg.model_theta, cfg.model_t, alpha_method=m.alpha_method,
-                                         alpha=m.alpha, alpha_min=m.alpha_min, alpha_max=m.alpha_max,
-                                         support=m.support, force_teacher=m.force_teacher, device=cfg.device, dtype=cfg.dtype, max_batch_size=cfg.batch_size,
-                                         threads=cfg.threads, backend=cfg.backend)
-
-
 def _engine(cfg: GenerateConfig):
     """(engine with .run, tokenizer, (max positions theta, t)): the pair here, or replicas on Ray
     (then this process loads only the tokenizer; the replicas report the context lengths)."""
+    t0 = time.perf_counter()
+    say = (lambda msg: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"[qstar] loading models {cfg.model_theta} and {cfg.model_t} …")
     if cfg.ray:
-        from .distributed import RayEngine
+        from .distributed import RayEngine  # needs Ray: imported only under --ray
 
         eng = RayEngine(cfg)
-        return eng, eng.tokenizer, eng.max_pos
-    qm = load_pair(cfg)
-    return qm.engine, qm.tokenizer, (qm.pair.max_pos_theta, qm.pair.max_pos_t)
+        got = eng, eng.tokenizer, eng.max_pos
+    else:
+        qm = load_pair(cfg)
+        got = qm.engine, qm.tokenizer, (qm.pair.max_pos_theta, qm.pair.max_pos_t)
+    say(f"[qstar] models loaded in {time.perf_counter() - t0:.1f} s")
+    return got
+
+
+def _unchanged(work, previous: list[dict]) -> list[dict] | None:
+    """The previous run's prompt-stage skips (a prompt too long, say), when they cover every row
+    left to do: under the same config the same rows would be skipped again, so there is nothing to
+    sample and no model to load. None: the models must load."""
+    by_row = {e.get("sample_idx"): e for e in previous if e.get("stage") == "prompt"}
+    if all(idx in by_row for idx, *_ in work):
+        return [by_row[idx] for idx, *_ in work]
+    return None
 
 
 def run_generate(cfg: GenerateConfig) -> int:
-    """Exit code: 0 done, 130 interrupted (resumable)."""
+    """Exit code: 0 done, 130 interrupted (resumable), 2 the parquet file could not be written."""
     if cfg.backend == "vllm":  # refuse per-side prompts before anything loads
         from ..backends.vllm.adapter import check_generate_config
 
         check_generate_config(cfg)
+    for note in cfg.notes():
+        print(f"[qstar] note: {note}", file=sys.stderr, flush=True)
     p, done = store.prepare(cfg, cfg.hashed())
+    previous = store.take_skipped(p)  # trusted only beside records made with this config (done)
     skipped_log = store.Appender(p["skipped"])
-    work, stats = _rows_to_work(cfg, done, skipped_log)
-    engine, tok, limits = _engine(cfg)
-    reqs, meta = _tokenize(tok, limits, cfg, work, stats, skipped_log)
+    try:
+        work, stats = _rows_to_work(cfg, done, skipped_log)
+        carried = _unchanged(work, previous if done else [])
+        if carried is not None:  # nothing to sample, so no model to load
+            for e in carried:
+                stats.skip(skipped_log, e.get("reason", "other"), e.get("count", 1), "prompt",
+                           sample_idx=e["sample_idx"])
+            print(f"[qstar] nothing to do: {len(done)} samples already in {p['output']}, every other row "
+                  "skipped (see the summary)" if stats.skipped else
+                  f"[qstar] nothing to do: all {len(done)} samples are already in {p['output']}",
+                  file=sys.stderr, flush=True)
+            return _finish(cfg, p, stats, interrupted=[])
+        engine, tok, limits = _engine(cfg)
+        reqs, meta = _tokenize(tok, limits, cfg, work, stats, skipped_log)
+        return _generate(cfg, p, engine, reqs, meta, stats, skipped_log)
+    finally:
+        skipped_log.close()
+
+
+def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_log) -> int:
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                             top_p=cfg.top_p, min_p=cfg.min_p, seed=cfg.seed, n=cfg.n,
                             ignore_eos=cfg.ignore_eos, stop=cfg.stop)
-    out, diag = store.Appender(p["output"]), store.Appender(p["diagnostics"] if cfg.save_diagnostics else None)
+    hashed = cfg.hashed()
+    out = store.Appender(p["output"], before_open=lambda: store.write_manifest(p, hashed))
+    diag = store.Appender(p["diagnostics"] if cfg.save_diagnostics else None)
     progress = Progress(len(reqs), cfg.quiet, stats)
     interrupted = []
 
     def on_sigint(signum, frame):
         if interrupted:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now (the files are closed below)
         interrupted.append(True)
-        print("\n[qstar] interrupted: finishing the samples in hand (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
+        progress.say("[qstar] interrupted: finishing the samples in hand (Ctrl-C again to stop now)")
 
     def finished(o):
         idx = o.prompt_index
         prompts, originals = meta[(idx, o.sample_index)]
         if o.finish_reason == "error":
-            stats.skip(skipped_log, o.error or "error", 1, sample_idx=idx, n=o.sample_index)
+            stats.skip(skipped_log, o.error or "error", 1, "sample", sample_idx=idx, n=o.sample_index)
             return
         diag.write(records.diagnostics(o, sample_idx=idx, sample_id=prompts.sample_id,
                                        alpha_method=cfg.alpha_method, token_stats=cfg.save_token_stats))
@@ -200,25 +180,53 @@ def run_generate(cfg: GenerateConfig) -> int:
     stats.t0 = time.perf_counter()  # rates count generation, not model loading
     try:
         engine.run(reqs, params, progress=finished, should_stop=lambda: bool(interrupted))
+    except KeyboardInterrupt:
+        interrupted.append(True)  # what was written stays: whole lines, closed below
     finally:
-        signal.signal(signal.SIGINT, old)
-        for f in (out, diag, skipped_log):
-            f.close()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third Ctrl-C must not cut the closing short
+        try:
+            for f in (out, diag, skipped_log):
+                f.close()
+        finally:
+            signal.signal(signal.SIGINT, old)
     progress.update(force=True)
+    return _finish(cfg, p, stats, interrupted)
+
+
+def _finish(cfg, p, stats: Stats, interrupted) -> int:
+    """The parquet file (a finished run), then the summary; the exit code."""
+    parquet, code = None, 130 if interrupted else 0
     if cfg.format == "parquet" and not interrupted:
-        store.write_parquet(p["output"], p["parquet"])
-    _summary(cfg, p, stats, len(reqs), interrupted)
-    return 130 if interrupted else 0
+        try:
+            as_text = store.write_parquet(p["output"], p["parquet"])
+            parquet = p["parquet"]
+        except (OSError, ValueError, ImportError) as e:  # pyarrow errors are ValueErrors
+            print(f"[qstar] error: {p['parquet']} not written ({type(e).__name__}: {e}); the records are in "
+                  f"{p['output']}", file=sys.stderr, flush=True)
+            code = 2
+        else:
+            if as_text:
+                print(f"[qstar] warning: column{'s' if len(as_text) > 1 else ''} {', '.join(as_text)} "
+                      "mix value types: written to the parquet file as strings", file=sys.stderr, flush=True)
+    _summary(cfg, p, stats, parquet, interrupted)
+    return code
 
 
-def _summary(cfg, p, stats: Stats, planned: int, interrupted) -> None:
+def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
     el = max(time.perf_counter() - stats.t0, 1e-9)
     alpha = stats.alpha_sum / stats.alpha_n if stats.alpha_n else float("nan")
     skipped = ", ".join(f"{k}: {v}" for k, v in sorted(stats.skipped.items())) or "none"
+    files = f"[qstar] records: {p['output']}" if p["output"].exists() else "[qstar] records: none written"
+    if cfg.save_diagnostics and p["diagnostics"].exists():
+        files += f"  diagnostics: {p['diagnostics']}"
+    if parquet:
+        files += f"  parquet: {parquet}"
     lines = [f"[qstar] done {stats.done} samples this run ({stats.done_before} before), "
-             f"skipped {sum(stats.skipped.values())} ({skipped})",
-             f"[qstar] {stats.tokens} tokens in {el:.1f} s = {stats.tokens / el:.1f} tok/s; mean alpha {alpha:.4f}",
-             f"[qstar] records: {p['output']}" + (f"  diagnostics: {p['diagnostics']}" if cfg.save_diagnostics else "")]
+             f"skipped {sum(stats.skipped.values())} ({skipped})"]
+    if stats.done:  # no "mean alpha nan" when nothing was sampled
+        lines.append(f"[qstar] {stats.tokens} tokens in {el:.1f} s = {stats.tokens / el:.1f} tok/s; "
+                     f"mean alpha {alpha:.4f}")
+    lines.append(files)
     if stats.skipped:
         lines.append(f"[qstar] skipped rows and reasons: {p['skipped']}")
     if interrupted:

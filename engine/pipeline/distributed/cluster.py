@@ -12,7 +12,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 
-from ..run import RunError
+from ..errors import RunError
 
 INSTALL = "pip install 'qstar[ray]'"
 

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from ..run import RunError
+from ..errors import RunError
 from . import cluster, wire
 from .pool import Pool, first_line, vocab_fingerprint
 

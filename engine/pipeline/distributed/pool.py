@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
-from ..run import RunError
+from ..errors import RunError
 
 MAX_DEATHS = 3   # x --num-workers replica deaths in a row (no chunk coming back between them) stop the run
 

@@ -1,6 +1,6 @@
 """One engine replica: a Ray actor holding both models, running chunks of requests.
 
-A replica loads the pair exactly as a one-process run does (run.load_pair) and runs
+A replica loads the pair exactly as a one-process run does (pair.load_pair) and runs
 Engine.run on each chunk it is sent, one chunk at a time, returning the outputs packed
 (wire.py). A request's tokens depend only on (seed, key, position), so which replica runs it
 does not matter. stop() (its own thread) makes the running chunk finish its started rows and
@@ -13,6 +13,7 @@ import socket
 
 import ray
 
+from ..pair import load_pair
 from . import wire
 from .pool import first_line, vocab_fingerprint
 
@@ -22,8 +23,6 @@ class Replica:
     def __init__(self, cfg):
         self.error, self.qm, self.stopped = None, None, False
         try:
-            from ..run import load_pair
-
             self.qm = load_pair(cfg)
         except Exception as e:  # reported by ready() / run_chunk() as one line, not a dead actor
             self.error = f"replica on {socket.gethostname()} could not load the models: {first_line(e)}"
