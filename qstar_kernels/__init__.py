@@ -7,21 +7,15 @@ Public ops (other tools import these names): `mix`, `sample`, `step`, `behaviour
 from __future__ import annotations
 
 import functools
-import importlib
 
+from .lazy import lazy_getattr
 from .names import BACKENDS, METHODS
 
 # the ops load torch: imported on first use, so `METHODS` / `BACKENDS` cost nothing
 _LAZY = {"behaviour": "api", "equation_residual": "api", "mix": "api", "sample": "api", "step": "api",
          "Mixture": "types", "Sampled": "types", "Step": "types"}
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = ["mix", "sample", "step", "behaviour", "equation_residual", "Mixture", "Sampled", "Step", "METHODS", "BACKENDS",
            "triton_available"]

@@ -26,17 +26,11 @@ One PASS/FAIL table; exit 0 when every row passes, 1 when one fails, 2 on bad in
 row fails but a first-token test had too few draws to be a test ("not enough draws: N needed").
 Not for: sampling datasets (pipeline/) or the math itself (qstar_kernels).
 """
-import importlib
+from qstar_kernels.lazy import lazy_getattr
 
 # runner.py / stats.py load torch: imported on first use (cli.py and report.py do not)
 _LAZY = {"check": "runner", "Reference": "runner", "chi_square": "stats", "draws_needed": "stats", "rel_err": "stats",
          "ChiSquare": "stats", "Report": "report", "Row": "report", "add_parser": "cli", "run": "cli"}
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
