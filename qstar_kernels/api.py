@@ -144,11 +144,24 @@ def step(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_s
             from .cpu_step import step_cpu
 
             return step_cpu(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, *args, force=force_)
+        if chosen == "triton":
+            from .triton_step import step_triton
+
+            return step_triton(xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, *args, force=force_,
+                               may_truncate=_may_truncate(temperature, top_k, top_p))
         m = _mix(chosen, xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
         return Step.from_parts(m, _sample(m.logq, args, chosen))
 
     return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
                           support_top_p, force, force_tokens, per_token=True)
+
+
+def _may_truncate(temperature, top_k, top_p) -> bool:
+    """False only when plain Python values say no row needs a top-k / top-p search (tensors: True,
+    decided per row on the device)."""
+    if any(isinstance(v, torch.Tensor) for v in (temperature, top_k, top_p)):
+        return True
+    return temperature != 0 and (top_k > 0 or top_p < 1)
 
 
 def behaviour(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor:
