@@ -18,7 +18,8 @@ from dataclasses import replace
 
 from ..errors import RunError
 from . import cluster, wire
-from .pool import Pool, first_line, vocab_fingerprint
+from .fingerprint import first_line, vocab_fingerprint
+from .pool import Pool
 
 IN_FLIGHT = 2   # chunks per replica: one running, one queued behind it (no idle gap between chunks)
 MAX_TRIES = 3   # a chunk whose replica died this many times stops the run (it may be the cause)

@@ -7,25 +7,14 @@ Not for: which chunk goes where or what comes back (driver.py).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import time
 from dataclasses import dataclass, replace
 
 from ..errors import RunError
+from .fingerprint import first_line
 
 MAX_DEATHS = 3   # x --num-workers replica deaths in a row (no chunk coming back between them) stop the run
-
-
-def vocab_fingerprint(tok) -> str:
-    """Same files on every node? The driver compares its tokenizer's fingerprint with each replica's."""
-    return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()[:16]
-
-
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 @dataclass

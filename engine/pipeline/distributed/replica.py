@@ -15,7 +15,7 @@ import ray
 
 from ..pair import load_pair
 from . import wire
-from .pool import first_line, vocab_fingerprint
+from .fingerprint import first_line, vocab_fingerprint
 
 
 @ray.remote(concurrency_groups={"control": 1}, max_restarts=0, max_task_retries=0)
