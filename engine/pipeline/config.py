@@ -66,8 +66,8 @@ class GenerateConfig:
                                    "question, problem, instruction(+input), query)", "data")
     id_field: str | None = opt(None, "column holding each row's id (default: id/sample_id/uid if present, "
                                "else the row index)", "data")
-    theta_template: str | None = opt(None, "pi_theta's prompt as a format string over row fields, e.g. '{problem}'",
-                                     "data")
+    theta_template: str | None = opt(None, "pi_theta's prompt as a format string over row fields, e.g. '{problem}'; "
+                                     "\\n / \\t in it are a newline / a tab", "data")
     t_template: str | None = opt(None, "pi_t's prompt as a format string, e.g. "
                                  "'{problem}\\n\\nReference solution: {solution}' (default: pi_theta's)", "data")
     system_prompt: str | None = opt(None, "system prompt for both sides", "data")

@@ -206,8 +206,9 @@ def _finish(cfg, p, stats: Stats, interrupted) -> int:
             code = 2
         else:
             if as_text:
-                print(f"[qstar] warning: column{'s' if len(as_text) > 1 else ''} {', '.join(as_text)} "
-                      "mix value types: written to the parquet file as strings", file=sys.stderr, flush=True)
+                many = len(as_text) > 1
+                print(f"[qstar] warning: column{'s' * many} {', '.join(as_text)} mix{'es' * (not many)} value "
+                      f"types: written to {p['parquet'].name} as strings", file=sys.stderr, flush=True)
     _summary(cfg, p, stats, parquet, interrupted)
     return code
 
