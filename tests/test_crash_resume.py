@@ -16,9 +16,9 @@ from test_pipeline import ROWS, write_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cmd(pair_dirs, ds, out):
+def cmd(pair_dirs, ds, out, tokens=120):
     return [sys.executable, "-m", "engine.cli", "generate", "--model-theta", pair_dirs[0], "--model-t", pair_dirs[1],
-            "--dataset", str(ds), "--output", str(out), "--n", "2", "--max-new-tokens", "120", "--ignore-eos",
+            "--dataset", str(ds), "--output", str(out), "--n", "2", "--max-new-tokens", str(tokens), "--ignore-eos",
             "--batch-size", "2", "--threads", "1", "--quiet", "--save-token-stats"]
 
 
@@ -27,7 +27,7 @@ def start(args):
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def check_files(out: Path, complete: bool):
+def check_files(out: Path, complete: bool, tokens=120):
     keys = []
     for line in out.read_text().splitlines(keepends=True):
         if not line.endswith("\n"):  # only a torn last line may be incomplete; resume cuts it
@@ -35,7 +35,7 @@ def check_files(out: Path, complete: bool):
             continue
         r = json.loads(line)
         keys.append((r["sample_idx"], r["n"]))
-        assert len(r["token_ids"]) == r["num_tokens"] == 120
+        assert len(r["token_ids"]) == r["num_tokens"] == tokens
     assert len(keys) == len(set(keys)), "a key was written twice"
     if complete:
         assert sorted(keys) == [(i, j) for i in range(10) for j in range(2)]
@@ -92,22 +92,22 @@ def test_second_sigint_stops_at_once_and_loses_nothing(pair_dirs, tmp_path):
     every record with its diagnostics, and the resume finishes the run."""
     ds = write_jsonl(tmp_path / "d.jsonl", ROWS)
     out = tmp_path / "o.jsonl"
-    p = start(cmd(pair_dirs, ds, out))
+    p = start(cmd(pair_dirs, ds, out, tokens=60))
     deadline = time.time() + 60
     while time.time() < deadline and not (out.exists() and out.stat().st_size > 0):
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    time.sleep(0.1)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "interrupted; resume with:" in err
-    keys = check_files(out, complete=False)
+    keys = check_files(out, complete=False, tokens=60)
     assert 0 < len(keys) < 10 and out.read_text().endswith("\n")
     diag = [json.loads(x) for x in out.with_suffix(".diagnostics.jsonl").read_text().splitlines()]
     assert set(keys) <= {(d["sample_idx"], d["n"]) for d in diag}
-    p = start(cmd(pair_dirs, ds, out))
+    p = start(cmd(pair_dirs, ds, out, tokens=60))
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    assert sorted(check_files(out, complete=False)) == [(i, j) for i in range(5) for j in range(2)]
+    assert sorted(check_files(out, complete=False, tokens=60)) == [(i, j) for i in range(5) for j in range(2)]

@@ -230,6 +230,30 @@ def test_loading_line_and_plain_progress_when_not_a_tty(pair_dirs, tmp_path, cap
     assert sum(x.startswith("[qstar] 3/3 samples") for x in out) == 1, err  # the last figures, once
 
 
+def test_progress_redraws_in_place_on_a_terminal(pair_dirs, tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    argv = [sys.executable, "-m", "engine.cli", "generate", "--model-theta", pair_dirs[0], "--model-t", pair_dirs[1],
+            "--dataset", str(write_jsonl(tmp_path / "d.jsonl", ROWS[:2])), "--output", str(tmp_path / "o.jsonl"),
+            "--max-new-tokens", "2"]
+    p = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                         stderr=slave)
+    os.close(slave)
+    got = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        got += chunk
+    os.close(master)
+    assert p.wait(timeout=120) == 0, got
+    assert b"\r[qstar] 2/2 samples" in got and b"[qstar] loading models" in got  # redrawn in place
+
+
 class FakeStream(io.StringIO):
     def __init__(self, tty):
         super().__init__()
