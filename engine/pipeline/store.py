@@ -106,8 +106,9 @@ def prepare(cfg, hashed: dict) -> tuple[dict[str, Path], set[tuple[int, int]]]:
         if not p["manifest"].exists():
             raise ResumeError(f"{p['output']} exists but has no {p['manifest'].name}: it is not a qstar run. "
                               "Use --overwrite to replace it, or another --output")
-        _check_manifest(p, hashed)
         done = {(r["sample_idx"], r["n"]) for r in repair(p["output"]) if "sample_idx" in r and "n" in r}
+        if done:  # records to protect (a torn first line is none)
+            _check_manifest(p, hashed)
     if p["diagnostics"].exists():
         keep = [r for r in repair(p["diagnostics"]) if (r.get("sample_idx"), r.get("n")) in done]
         write_atomic(p["diagnostics"], "".join(json.dumps(r) + "\n" for r in keep))
