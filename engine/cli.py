@@ -94,12 +94,10 @@ def _run_generate(ns) -> int:
     except ValueError as e:
         print(f"qstar generate: error: {e}", file=sys.stderr)
         return 2
-    from .loading import quiet_libraries
     from .pipeline import data, run, store
     from .pipeline.errors import RunError
 
     try:
-        quiet_libraries()
         return run.run_generate(cfg)
     except (ValueError, OSError, RunError, data.DataError, store.ResumeError) as e:
         print(f"qstar generate: error: {e}", file=sys.stderr)

@@ -114,17 +114,18 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         checks = [
-            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an int >= 1"),
-            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0 (0 = off)"),
-            (0 < self.top_p <= 1, "top_p must lie in (0, 1] (1 = off)"),
-            (0 <= self.min_p <= 1, "min_p must lie in [0, 1] (0 = off)"),
-            (isinstance(self.n, int) and self.n >= 1, "n must be an int >= 1"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an int >= 1",
+             self.max_new_tokens),
+            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)", self.temperature),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0 (0 = off)", self.top_k),
+            (0 < self.top_p <= 1, "top_p must lie in (0, 1] (1 = off)", self.top_p),
+            (0 <= self.min_p <= 1, "min_p must lie in [0, 1] (0 = off)", self.min_p),
+            (isinstance(self.n, int) and self.n >= 1, "n must be an int >= 1", self.n),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings", self.stop),
         ]
-        for ok, msg in checks:
+        for ok, msg, value in checks:
             if not ok:
-                raise ValueError(f"{msg}; got {self}")
+                raise ValueError(f"{msg}, got {value!r}")
 
 
 @dataclass

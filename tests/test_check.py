@@ -99,7 +99,9 @@ def test_check_fails_when_recorded_values_are_wrong(pair_dirs, tmp_path, monkeyp
     (["--support-top-p", "0"], "--support-top-p must lie in (0, 1]"),
     (["--force-teacher", "last"], "force_teacher takes a comma-separated subset"),
     (["--p-min", "2"], "--p-min must lie in (0, 1)"),
-    (["--top-p", "0"], "top_p must lie in (0, 1]"),
+    (["--top-p", "0"], "--top-p must lie in (0, 1] (1 = off), got 0.0"),
+    (["--temperature", "-1"], "--temperature must be >= 0 (0 = greedy), got -1.0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
 ])
 def test_check_bad_input_exit_2(pair_dirs, tmp_path, args, msg, capsys):
     rc = main(["check", "--model-theta", pair_dirs[0], "--model-t", pair_dirs[1], *args])

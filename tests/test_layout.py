@@ -125,8 +125,17 @@ def test_no_private_names_across_folders():
                                   ["report", "--help"], ["demo", "--help"], ["generate", "--temperature", "x"],
                                   ["generate", "--model-theta", "a", "--model-t", "b", "--dataset", "d.jsonl",
                                    "--output", "o.jsonl", "--max-new-tokens", "0"],
-                                  ["check", "--model-t", "b"]])
+                                  ["check", "--model-t", "b"], ["check", "--model-theta", "a", "--model-t", "b",
+                                                                "--top-p", "2"],
+                                  ["generate", "--model-theta", "a", "--model-t", "b", "--dataset", "gone/d.jsonl",
+                                   "--output", "o.jsonl"],
+                                  ["generate", "--model-theta", "a", "--model-t", "b", "--dataset", "d.jsonl",
+                                   "--output", "o.jsonl", "--t-template", "{nosuch}"],
+                                  ["generate", "--config", "bad.yaml"]])
 def test_help_and_argument_errors_never_import_torch(argv, tmp_path):
+    """Help, flag errors and dataset/template mistakes answer before torch or transformers load."""
+    (tmp_path / "d.jsonl").write_text('{"question": "q"}\n')
+    (tmp_path / "bad.yaml").write_text("a: [b\n")
     code = ("import sys\nfrom engine.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    rc = e.code\nheavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'triton') if m in sys.modules)\n"
             "print('HEAVY', heavy, 'RC', rc)\n")
@@ -135,3 +144,5 @@ def test_help_and_argument_errors_never_import_torch(argv, tmp_path):
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith("HEAVY []"), (argv, last, p.stderr[-2000:])
     assert "Traceback" not in p.stderr
+    if argv[-1] != "--help":
+        assert last.endswith("RC 2"), (argv, last, p.stderr)

@@ -45,8 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _options(ns: argparse.Namespace) -> dict:
-    from ..config import SamplingParams
-    from ..pipeline.config import GenerateConfig, mixture_config
+    from ..pipeline.config import GenerateConfig, check_sampling, mixture_config
 
     defaults = {f: GenerateConfig.__dataclass_fields__[f].default for f in FLAG_FIELDS}
     v = {**defaults, **{k: getattr(ns, k) for k in FLAG_FIELDS if hasattr(ns, k)}}
@@ -56,7 +55,7 @@ def _options(ns: argparse.Namespace) -> dict:
     mixture = mixture_config(v["alpha_method"], v["alpha"], v["alpha_min"], v["alpha_max"], v["support_top_k"],
                              v["support_top_p"], v["force_teacher"])
     sampling = dict(temperature=v["temperature"], top_k=v["top_k"], top_p=v["top_p"], min_p=v["min_p"], seed=v["seed"])
-    SamplingParams(**sampling)  # its checks name a bad value
+    check_sampling(**sampling)  # names the flag and the value
     for name, low in (("draws", 1), ("samples", 1), ("max_new_tokens", 1)):
         if getattr(ns, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(ns, name)}")

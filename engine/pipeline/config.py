@@ -52,6 +52,21 @@ def _check_float(name: str, value, ok, rule: str) -> None:
         raise ValueError(f"{flag} {rule}, got {value}")
 
 
+def check_sampling(*, temperature, top_k, top_p, min_p, seed, max_new_tokens=1, n=1, stop=()) -> None:
+    """Every sampling flag, named, before anything loads (`qstar generate` and `qstar check`;
+    SamplingParams checks again for API users)."""
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("n", n, 1)
+    _check_int("top_k", top_k, 0, " (0 = off)")
+    _check_int("seed", seed, None)
+    _check_float("temperature", temperature, lambda x: x >= 0, "must be >= 0 (0 = greedy)")
+    _check_float("top_p", top_p, lambda x: 0 < x <= 1, "must lie in (0, 1] (1 = off)")
+    _check_float("min_p", min_p, lambda x: 0 <= x <= 1, "must lie in [0, 1] (0 = off)")
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"--stop must be a non-empty string, got {s!r}")
+
+
 @dataclass
 class GenerateConfig:
     # models
@@ -154,17 +169,8 @@ class GenerateConfig:
         self._check_ray()
 
     def _check_sampling(self) -> None:
-        """Every sampling flag, named, before anything loads (SamplingParams checks again, in its words)."""
-        _check_int("max_new_tokens", self.max_new_tokens, 1)
-        _check_int("n", self.n, 1)
-        _check_int("top_k", self.top_k, 0, " (0 = off)")
-        _check_int("seed", self.seed, None)
-        _check_float("temperature", self.temperature, lambda x: x >= 0, "must be >= 0 (0 = greedy)")
-        _check_float("top_p", self.top_p, lambda x: 0 < x <= 1, "must lie in (0, 1] (1 = off)")
-        _check_float("min_p", self.min_p, lambda x: 0 <= x <= 1, "must lie in [0, 1] (0 = off)")
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"--stop must be a non-empty string, got {s!r}")
+        check_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                       seed=self.seed, max_new_tokens=self.max_new_tokens, n=self.n, stop=self.stop)
 
     def notes(self) -> list[str]:
         """Options that are valid but have no effect as combined (printed, not refused)."""

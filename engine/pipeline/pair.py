@@ -9,7 +9,9 @@ from __future__ import annotations
 def load_pair(cfg):
     """An OptimalSamplingModel over cfg's --model-theta / --model-t with cfg's mixture and engine options."""
     from ..api import create_optimal_sampling_model  # torch and transformers: only once a run loads models
+    from ..loading import quiet_libraries
 
+    quiet_libraries()  # our progress line is the one to read
     m = cfg.mixture()
     return create_optimal_sampling_model(cfg.model_theta, cfg.model_t, alpha_method=m.alpha_method,
                                          alpha=m.alpha, alpha_min=m.alpha_min, alpha_max=m.alpha_max,

@@ -14,7 +14,6 @@ import sys
 import time
 
 from ..config import SamplingParams
-from ..core import Request
 from ..prompts import PromptError, render
 from . import data, records, store
 from .config import GenerateConfig
@@ -50,9 +49,11 @@ def _rows_to_work(cfg: GenerateConfig, done: set, skipped_log) -> tuple[list, St
 
 
 def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: Stats,
-              skipped_log) -> tuple[list[Request], dict]:
+              skipped_log) -> tuple[list, dict]:
     """Requests for every sample to make, and (sample_idx, n) -> (prompts, original columns).
     limits: (max positions of model_theta, of model_t)."""
+    from ..core import Request  # torch: only once the models are loaded
+
     meta = {}
     ct_theta = not (cfg.no_chat_template or cfg.no_chat_template_theta)
     ct_t = not (cfg.no_chat_template or cfg.no_chat_template_t)
