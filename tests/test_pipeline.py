@@ -262,3 +262,21 @@ def test_controls_in_generate_help(capsys):
     for flag in ("--support-top-k", "--support-top-p", "--force-teacher"):
         assert flag in out
     assert "first,special" in out and "nucleus" in out
+
+
+def test_run_summary_file_records_the_speed(pair_dirs, tmp_path):
+    """<stem>.summary.json: this session's samples, tokens and tokens/s (analyze compares runs by
+    it); a resume with nothing to do keeps it, --overwrite replaces it."""
+    ds = write_jsonl(tmp_path / "d.jsonl", ROWS[:3])
+    out = tmp_path / "r.jsonl"
+    assert run(pair_dirs, ds, out, "--max-new-tokens", "4") == 0
+    s = json.loads((tmp_path / "r.summary.json").read_text())
+    assert s["samples"] == 3 and s["samples_before"] == 0 and not s["interrupted"]
+    assert s["tokens"] == sum(r["num_tokens"] for r in lines(out)) > 0
+    assert s["seconds"] > 0 and abs(s["tokens_per_s"] - s["tokens"] / s["seconds"]) < 1e-2 * s["tokens_per_s"] + 1e-3
+    assert 0 <= s["alpha_mean"] <= 1 and "device" in s and "threads" in s
+    before = (tmp_path / "r.summary.json").read_text()
+    assert run(pair_dirs, ds, out, "--max-new-tokens", "4") == 0  # nothing to do
+    assert (tmp_path / "r.summary.json").read_text() == before
+    assert run(pair_dirs, ds, out, "--max-new-tokens", "4", "--overwrite", "--num-samples", "1") == 0
+    assert json.loads((tmp_path / "r.summary.json").read_text())["samples"] == 1

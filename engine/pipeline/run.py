@@ -8,6 +8,7 @@ Not for: the decode loop (engine.core), loading the pair (pair.py) or record lay
 """
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import sys
@@ -235,3 +236,10 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
         argv = [a for a in sys.argv if a != "--overwrite"]
         lines.append("[qstar] interrupted; resume with: " + " ".join(shlex.quote(a) for a in argv))
     print("\n".join(lines), file=sys.stderr, flush=True)
+    if stats.done:  # a resume that samples nothing keeps the last session's figures
+        store.write_atomic(p["summary"], json.dumps(dict(
+            samples=stats.done, samples_before=stats.done_before, tokens=stats.tokens, seconds=round(el, 3),
+            tokens_per_s=round(stats.tokens / el, 3), alpha_mean=alpha if stats.alpha_n else None, interrupted=bool(interrupted),
+            skipped=dict(stats.skipped), backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
+            threads=cfg.threads, batch_size=cfg.batch_size, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            indent=1) + "\n")

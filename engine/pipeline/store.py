@@ -32,7 +32,7 @@ def paths(output: str) -> dict[str, Path]:
     jsonl = out if out.suffix == ".jsonl" else stem.with_suffix(".jsonl")
     return dict(output=jsonl, diagnostics=Path(f"{stem}.diagnostics.jsonl"),
                 manifest=Path(f"{stem}.manifest.json"), skipped=Path(f"{stem}.skipped.jsonl"),
-                parquet=stem.with_suffix(".parquet"))
+                parquet=stem.with_suffix(".parquet"), summary=Path(f"{stem}.summary.json"))
 
 
 def config_hash(hashed: dict) -> str:
