@@ -171,7 +171,6 @@ def test_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):
     ("missing", "no such file"),
     ("empty", "is empty"),
     ("only_torn", "no complete lines"),
-    ("records", "is a records file"),
     ("not_qstar", "is not a qstar diagnostics file"),
     ("corrupt_middle", "line 2 is not valid JSON"),
     ("not_object", "line 1 is not a JSON object"),
@@ -185,9 +184,6 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, case, needle):
         f.write_text("\n")
     elif case == "only_torn":
         f.write_text('{"sample_idx": 0, "alpha_me')
-    elif case == "records":
-        f = write(tmp_path / "x.jsonl", [{"messages": [{"role": "user", "content": "hi"}], "sample_idx": 0}])
-        write(tmp_path / "x.diagnostics.jsonl", [diag(0)])
     elif case == "not_qstar":
         write(f, [{"hello": 1}])
     elif case == "corrupt_middle":
@@ -202,8 +198,6 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, case, needle):
     code, out, err = analyze(capsys, f, "--output-dir", tmp_path / "o", *extra)
     assert code == 2
     assert needle in err and "Traceback" not in err and "qstar analyze: error:" in err
-    if case == "records":
-        assert str(tmp_path / "x.diagnostics.jsonl") in err  # says which file to give instead
 
 
 def test_unwritable_output_dir(tmp_path, capsys):
@@ -231,3 +225,75 @@ def test_forced_tokens_are_noted():
     notes = stats.summarize("run", "run.jsonl", lines).notes
     assert any("5.0% of tokens were forced to pi_t" in n for n in notes), notes
     assert not any("forced" in n for n in stats.summarize("run", "run.jsonl", [diag(0, alpha_method="kl_symmetry")]).notes)
+
+
+# ---- the answer step: records with reference answers, IS estimates of pi_theta's accuracy ----
+
+LOGW = {"pi_theta": lambda i: 0.0, "q": lambda i: -3 + 0.7 * (i % 5), "pi_t": lambda i: -20.0 - i}
+ALPHA = {"pi_theta": 1.0, "q": 0.6, "pi_t": 0.0}
+
+
+def answer_run(tmp_path, name, right, n=12, field="original_answer"):
+    """A run's records + diagnostics: sample i answers 42 (right) when right(i), else 41."""
+    recs, diags = [], []
+    for i in range(n):
+        d = diag(i, alpha_method="kl_symmetry" if name == "q" else "fixed", alpha_mean=ALPHA[name],
+                 seq_logw_theta=LOGW[name](i))
+        text = f"3 + 4 = 7, so the answer is {42 if right(i) else 41}." if i != 1 else "I do not know."
+        recs.append({"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": text}],
+                     field: "Some work.\n#### 42", **{k: v for k, v in d.items() if k != "alpha_method"}})
+        diags.append(d)
+    write(tmp_path / f"{name}.jsonl", recs)
+    return write(tmp_path / f"{name}.diagnostics.jsonl", diags)
+
+
+def test_answer_step_and_importance_estimates(tmp_path, capsys):
+    from engine.analysis import importance
+
+    files = [answer_run(tmp_path, "q", lambda i: i % 3 == 0), answer_run(tmp_path, "pi_theta", lambda i: i % 6 == 0)]
+    files.append(tmp_path / "pi_t.jsonl")  # a records file works as input too
+    answer_run(tmp_path, "pi_t", lambda i: i % 2 == 0)
+    (tmp_path / "q.summary.json").write_text(json.dumps({"samples": 12, "tokens": 240, "seconds": 2.0,
+                                                         "tokens_per_s": 120.0, "alpha_mean": 0.6,
+                                                         "interrupted": False}))
+    code, out, err = analyze(capsys, *files, "--output-dir", tmp_path / "o")
+    assert code == 0, err
+    rows = {r["name"]: r for r in summary(tmp_path / "o")["comparison"]}
+    rewards = {"q": [float(i % 3 == 0) for i in range(12)], "pi_t": [float(i % 2 == 0) for i in range(12)]}
+    for name, r in rewards.items():
+        r[1] = 0.0  # sample 1 has no number
+        want = importance.estimates([LOGW[name](i) for i in range(12)], r)
+        got = rows[name]
+        assert got["accuracy"] == pytest.approx(sum(r) / 12) and got["n_graded"] == 12
+        assert got["theta_accuracy_is"] == pytest.approx(want["theta_accuracy_is"]["value"])
+        assert got["theta_accuracy_snis"] == pytest.approx(want["theta_accuracy_snis"]["value"])
+        assert got["seq_ess"] == pytest.approx(want["seq_ess"])
+    theta = rows["pi_theta"]
+    assert theta["sampler"] == "pi_theta alone (alpha = 1)" and rows["pi_t"]["sampler"] == "pi_t alone (alpha = 0)"
+    assert theta["accuracy"] == theta["theta_accuracy_is"] == theta["theta_accuracy_snis"] == pytest.approx(2 / 12)
+    assert theta["seq_ess"] == pytest.approx(12) and theta["ess_warning"] is None
+    assert rows["q"]["tokens_per_s"] == 120.0 and rows["pi_t"]["tokens_per_s"] is None
+    run = summary(tmp_path / "o")["runs"][0]["answers"]
+    assert run["field"] == "original_answer" and run["no_answer"] == 1 and run["correct"] == 4
+    assert "== answers by sampler" in out and "say next to nothing about π_θ" in out
+    assert "tokens/s: 120.0" in out and "tokens/s: - (no <stem>.summary.json" in out
+    assert (tmp_path / "o" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_answer_field_and_reward_hook_flags(tmp_path, capsys):
+    f = answer_run(tmp_path, "q", lambda i: True, field="gold")
+    code, out, err = analyze(capsys, f, "-o", tmp_path / "o", "--no-plots")
+    assert code == 0 and summary(tmp_path / "o")["runs"][0]["answers"] is None  # no answer/original_answer
+    code, out, err = analyze(capsys, f, "-o", tmp_path / "o", "--no-plots", "--answer-field", "gold")
+    assert code == 0 and summary(tmp_path / "o")["runs"][0]["answers"]["accuracy"] == pytest.approx(11 / 12)
+    code, out, err = analyze(capsys, f, "-o", tmp_path / "o", "--answer-field", "nope")
+    assert code == 2 and "--answer-field nope: 12 of 12 records lack it" in err
+    hook = tmp_path / "grade.py"
+    hook.write_text("def always(response, reference):\n    return True\n")
+    code, out, err = analyze(capsys, f, "-o", tmp_path / "o", "--no-plots", "--answer-field", "gold",
+                             "--reward-hook", f"{hook}:always")
+    a = summary(tmp_path / "o")["runs"][0]["answers"]
+    assert code == 0 and a["accuracy"] == 1.0 and a["grader"].startswith("hook ") and a["no_answer"] is None
+    (tmp_path / "q.jsonl").unlink()
+    code, out, err = analyze(capsys, f, "-o", tmp_path / "o", "--answer-field", "gold")
+    assert code == 2 and "no records file" in err

@@ -193,3 +193,53 @@ def test_bad_input_exits_2_with_a_clear_message(run_with_tokens, tmp_path, capsy
     assert code == 2 and needle in err and "Traceback" not in err and "qstar report: error:" in err
     if case == "diagnostics":
         assert str(run_with_tokens) in err  # names the records file to give instead
+
+
+def answer_runs(root: Path) -> list[Path]:
+    """Three small runs whose records carry reference answers (no model needed): pi_theta alone,
+    pi_t alone and a mixture, with sequence log-weights of each kind."""
+    spec = {"q": (0.5, lambda i: -2 + 0.5 * (i % 4), lambda i: i % 3 == 0),
+            "pi_theta": (1.0, lambda i: 0.0, lambda i: i == 0),
+            "pi_t": (0.0, lambda i: -15.0 - i, lambda i: i % 2 == 0)}
+    files = []
+    for name, (alpha, logw, right) in spec.items():
+        recs = [{"messages": [{"role": "user", "content": f"problem {i}"},
+                              {"role": "assistant", "content": f"so the answer is {7 if right(i) else 8}"}],
+                 "sample_idx": i, "n": 0, "sample_id": f"p{i}", "original_answer": "7", "num_tokens": 6,
+                 "finish_reason": "stop", "alpha_mean": alpha, "kl_theta_mean": 0.1, "kl_t_mean": 0.1,
+                 "ess_ratio_mean": 1.0, "seq_logw_theta": logw(i), "seq_logw_t": 0.0} for i in range(10)]
+        f = root / f"{name}.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (root / f"{name}.diagnostics.jsonl").write_text("".join(
+            json.dumps({k: v for k, v in r.items() if k not in ("messages", "original_answer")}
+                       | {"alpha_method": "kl_symmetry" if name == "q" else "fixed"}) + "\n" for r in recs))
+        files.append(f)
+    return files
+
+
+def test_comparison_of_several_runs_renders_table_and_chart(chromium, tmp_path, capsys):
+    files = answer_runs(tmp_path)
+    out = tmp_path / "cmp.html"
+    assert main(["report", *map(str, files), "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"] == 3
+    html = out.read_text()
+    table = html.split("id='comparison-table'")[1].split("</table>")[0]
+    assert "pi_theta alone (alpha = 1)" in table and "pi_t alone (alpha = 0)" in table and "0.3333 [" not in table
+    assert "0.400 [" in table and "—" in table  # q's accuracy 4/10; tokens/s absent (no summary.json)
+    assert "say next to nothing about π_θ" in html  # pi_t's sequence ESS is ~1
+    assert "alt='accuracy by sampler'" in html and "answer 7 vs reference" not in html  # JS builds that line
+
+    dom = chrome(chromium, tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+                 "--dump-dom", out.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    assert 'data-comparison-rows="3"' in body and "data-error" not in body
+    shown, loaded = map(int, re.search(r'data-images="(\d+)/(\d+)"', body).groups())
+    assert shown == loaded >= 6, body  # every chart decoded, the accuracy chart among them
+    assert re.search(r"answer 7 vs reference &quot;7&quot; ✓|answer 7 vs reference \"7\" ✓", dom.stdout)
+
+    shot = tmp_path / "cmp.png"
+    r = chrome(chromium, tmp_path, "--hide-scrollbars", "--window-size=1200,1400", f"--screenshot={shot}", out.as_uri())
+    assert r.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.stderr[-2000:]
+    with capsys.disabled():
+        print(f"\ncomparison report screenshot: {shot}")

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import importance
+
 ANSWER_FIELDS = ("answer", "original_answer")  # auto-detected reference columns, in this order
 TOLERANCE = 1e-6
 LEAD = " \t*_($\"'"  # what may sit between a marker and its number (markdown bold, a $, a quote)
@@ -162,3 +164,36 @@ def response_text(rec: dict) -> str:
     msgs = rec.get("messages") or []
     last = msgs[-1] if msgs and isinstance(msgs[-1], dict) else {}
     return str(last.get("content") or "") if last.get("role") == "assistant" else ""
+
+
+def _reference_value(reference) -> float | None:
+    if isinstance(reference, (int, float)) and not isinstance(reference, bool):
+        return float(reference)
+    return extract_answer(str(reference)).value
+
+
+def answer_step(records: list[dict], field: str, hook: str | None = None,
+                min_ess: float = importance.MIN_ESS) -> tuple[dict, dict]:
+    """(summary, per-sample) of grading every record against `field`, with the IS estimates of
+    pi_theta's accuracy from the records' `seq_logw_theta`. per-sample: 'idx/n' -> answer, reward."""
+    grader = load_hook(hook) if hook else None
+    rewards, per, no_answer, bad_ref = [], {}, 0, 0
+    for rec in records:
+        key, text, ref = f"{rec.get('sample_idx')}/{rec.get('n')}", response_text(rec), rec.get(field)
+        if grader is not None:
+            r, shown = reward_of(grader, text, ref, f"sample {key}"), None
+        else:
+            got, ref_v = extract_answer(text), _reference_value(ref)
+            r, shown = float(is_correct(got.value, ref_v)), got.text
+            no_answer += got.value is None
+            bad_ref += ref_v is None
+        rewards.append(r)
+        per[key] = {"answer": shown, "reference": ref, "reward": r}
+    has_logw = all("seq_logw_theta" in rec for rec in records)
+    est = importance.estimates([rec.get("seq_logw_theta") for rec in records] if has_logw else [], rewards, min_ess)
+    if not has_logw:  # an old records file: no sequence weights, so no estimate of pi_theta
+        est.update(theta_accuracy_is=importance.NO_ESTIMATE, theta_accuracy_snis=importance.NO_ESTIMATE,
+                   seq_ess=None, seq_ess_norm=None, ess_warning="the records have no seq_logw_theta: no IS estimate")
+    notes = [f"{bad_ref} references have no number the rule can read"] if bad_ref else []
+    return {"field": field, "grader": f"hook {hook}" if hook else "number rule", "correct": float(sum(rewards)),
+            "no_answer": no_answer if grader is None else None, "notes": notes, **est}, per

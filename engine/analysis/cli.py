@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..pipeline.store import paths
-from . import plots, stats
+from . import answers, importance, plots, stats, tables
 
 DIAG_SUFFIX = ".diagnostics.jsonl"
 
@@ -74,8 +75,8 @@ def stem_of(path: Path) -> Path:
     return path.with_suffix("") if path.suffix in (".jsonl", ".json", ".parquet") else path
 
 
-def read_diagnostics(path: Path, cmd: str = "analyze") -> list[dict]:
-    rows = read_jsonl(path, cmd)
+def read_diagnostics(path: Path, cmd: str = "analyze", rows: list[dict] | None = None) -> list[dict]:
+    rows = read_jsonl(path, cmd) if rows is None else rows
     kind = kind_of(rows)
     if kind == "records":
         diag = paths(str(path))["diagnostics"]
@@ -88,8 +89,8 @@ def read_diagnostics(path: Path, cmd: str = "analyze") -> list[dict]:
     return rows
 
 
-def read_records(path: Path) -> list[dict]:
-    rows = read_jsonl(path, "report")
+def read_records(path: Path, cmd: str = "report") -> list[dict]:
+    rows = read_jsonl(path, cmd)
     kind = kind_of(rows)
     if kind == "diagnostics":
         rec = Path(f"{stem_of(path)}.jsonl")
@@ -117,59 +118,6 @@ def run_names(files: list[Path]) -> list[str]:
     return [n if out.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(out)]
 
 
-# ---- printing: a table per run, a comparison table, then one JSON line ----
-
-def _f(x, spec=".4g") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
-CHECK_LABELS = {"ess_ratio": "ESS ratio in [{ess_low:g}, {ess_high:g}]",
-                "kl_gap": "|KL(q||pi_theta) - KL(q||pi_t)| < {kl_tol:g}",
-                "alpha": "alpha in [{alpha_low:g}, {alpha_high:g}]", "all": "all three at once"}
-
-
-def format_run(s: stats.RunSummary, th: stats.Thresholds) -> str:
-    out = [f"== {s.name}  ({s.path})",
-           f"method {s.alpha_method} {s.alpha_methods if len(s.alpha_methods) > 1 else ''}| {s.n_samples} samples | "
-           f"{s.n_tokens} tokens | finish {s.finish_reasons} | clamped {_pct(s.clamped_frac_mean)}"]
-    tok = s.distributions["token"] or {}
-    head = ["statistic", "level", "mean", "std", "min", "q05", "median", "q95", "max", "null"]
-    out.append("".join(f"{h:>10}" if i > 1 else f"{h:<15}" if i == 0 else f"{h:<8}" for i, h in enumerate(head)))
-    for name, d in s.distributions["sample"].items():
-        lvl, d = ("token", tok[name]) if name in tok else ("sample", d)
-        out.append(f"{name:<15}{lvl:<8}" + "".join(f"{_f(d[k]):>10}" for k in head[2:-1]) + f"{d['null']:>10}")
-    out.append(f"{'check (' + s.checks['level'] + ' level)':<48}{'pass':>8}{'n':>8}{'null':>7}")
-    for k, label in CHECK_LABELS.items():
-        c = s.checks[k]
-        mark = f"  by construction ({s.alpha_method})" if k in s.by_construction else ""
-        out.append(f"{label.format(**vars(th)):<48}{_pct(c['pass_rate']):>8}{c['n']:>8}{c['null']:>7}{mark}")
-    out.append(f"{'sequence weights':<18}{'n':>6}{'null':>6}{'mean logw':>12}{'std':>10}{'median':>10}{'ESS/n':>9}")
-    for side, w in s.seq_weights.items():
-        lw = w["logw"]
-        out.append(f"{'pi_' + side + '/behavior':<18}{lw['count']:>6}{lw['null']:>6}{_f(lw['mean']):>12}"
-                   f"{_f(lw['std']):>10}{_f(lw['median']):>10}{_f(w['ess_norm'], '.4f'):>9}")
-    out += [f"note: {n}" for n in s.notes]
-    return "\n".join(out)
-
-
-def format_comparison(rows: list[dict]) -> str:
-    head = f"{'run':<16}{'method':<20}{'level':<7}{'alpha':>7}{'KL_th':>8}{'KL_t':>8}{'ESSr med':>9}" \
-           f"{'ESS ok':>9}{'KL ok':>9}{'alpha ok':>9}{'all':>8}{'seqESS':>8}"
-    out = ["== comparison (* = passes by construction)", head]
-    for r in rows:
-        marks = {k: "*" if k in r["by_construction"] else " " for k in ("ess_ratio", "kl_gap")}
-        out.append(f"{r['name'][:15]:<16}{r['alpha_method'][:19]:<20}{r['level']:<7}{_f(r['alpha_mean'], '.3f'):>7}"
-                   f"{_f(r['kl_theta_mean'], '.4f'):>8}{_f(r['kl_t_mean'], '.4f'):>8}"
-                   f"{_f(r['ess_ratio_median'], '.3f'):>9}{_pct(r['pass_ess_ratio']) + marks['ess_ratio']:>9}"
-                   f"{_pct(r['pass_kl_gap']) + marks['kl_gap']:>9}{_pct(r['pass_alpha']):>9}{_pct(r['pass_all']):>8}"
-                   f"{_f(r['seq_ess_theta'], '.3f'):>8}")
-    return "\n".join(out)
-
-
 # ---- the two commands ----
 
 def _thresholds(ns) -> stats.Thresholds:
@@ -185,23 +133,99 @@ def _writable_dir(d: Path) -> Path:
     return d
 
 
+@dataclass
+class Run:
+    """One run as both commands see it: its diagnostics lines (or the records' summaries), its
+    records when found (texts and references), manifest, and the statistics of it all."""
+
+    summary: stats.RunSummary
+    diag: list[dict]
+    records: list[dict] | None
+    manifest: dict | None
+    manifest_path: Path
+    graded: dict  # 'idx/n' -> {answer, reference, reward}; empty without an answer step
+
+
+def _diag_for(records: list[dict], p: dict, manifest: dict | None, cmd: str) -> list[dict]:
+    """The diagnostics next to a records file, or lines rebuilt from the records' summaries."""
+    if p["diagnostics"].exists():
+        try:
+            return read_diagnostics(p["diagnostics"], cmd)
+        except InputError as e:
+            _warn(cmd, f"{e}; using the summaries in the records instead")
+    else:
+        _warn(cmd, f"no {p['diagnostics'].name} next to the run; using the summaries in the records")
+    method = (manifest or {}).get("config", {}).get("alpha_method", "unknown")
+    return [diag_from_record(r, method) for r in records]
+
+
+def _records_for(diag_path: Path, cmd: str) -> list[dict] | None:
+    """The records next to a diagnostics file (for the answer step), or None with a note why."""
+    rec = Path(f"{stem_of(diag_path)}.jsonl")
+    if not rec.exists():
+        return None
+    try:
+        return read_records(rec, cmd)
+    except InputError as e:
+        _warn(cmd, f"{e}; no answer step for this run")
+        return None
+
+
+def read_speed(stem: Path) -> dict | None:
+    """qstar generate's <stem>.summary.json (tokens/s of its last session), when it exists."""
+    f = paths(f"{stem}.jsonl").get("summary") or Path(f"{stem}.summary.json")
+    if not f.exists():
+        return None
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_run(path: Path, name: str, ns, cmd: str) -> Run:
+    """A run from either of its files (report needs the records file, analyze takes both)."""
+    rows = read_jsonl(path, cmd)
+    p = paths(f"{stem_of(path)}.jsonl")
+    manifest = _read_manifest(p["manifest"], cmd)
+    if kind_of(rows) == "records":
+        records, diag = rows, _diag_for(rows, p, manifest, cmd)
+    elif cmd == "report":
+        records = read_records(path, cmd)  # raises: names the records file to give instead
+    else:
+        diag, records = read_diagnostics(path, cmd, rows), _records_for(path, cmd)
+    summary = stats.summarize(name, str(path), diag, _thresholds(ns))
+    summary.speed = read_speed(stem_of(path))
+    graded = {}
+    field = answers.answer_field(records, ns.answer_field) if records else None
+    if ns.answer_field and not records:
+        raise InputError(f"--answer-field {ns.answer_field}: no records file {p['output']} next to {path} "
+                         "(the diagnostics hold no texts or references)")
+    if field:
+        summary.answers, graded = answers.answer_step(records, field, ns.reward_hook, ns.min_ess)
+    return Run(summary, diag, records, manifest, p["manifest"], graded)
+
+
 def run_analyze(ns) -> int:
     th = _thresholds(ns)
     files = [Path(f).expanduser() for f in ns.inputs]
-    runs = [(name, read_diagnostics(f)) for name, f in zip(run_names(files), files)]
+    runs = [load_run(f, name, ns, "analyze") for name, f in zip(run_names(files), files)]
     out_dir = _writable_dir(Path(ns.output_dir).expanduser() if ns.output_dir
                             else Path(f"{stem_of(files[0])}.analysis"))
-    summaries = [stats.summarize(name, str(f), lines, th) for (name, lines), f in zip(runs, files)]
-    pngs, skipped = plots.make_all(runs, summaries, th) if not ns.no_plots else ({}, {"all": "--no-plots"})
+    summaries = [r.summary for r in runs]
+    rows = stats.comparison(summaries)
+    pngs, skipped = ({}, {"all": "--no-plots"}) if ns.no_plots else \
+        plots.make_all([(s.name, r.diag) for s, r in zip(summaries, runs)], summaries, th, rows)
     for k, png in pngs.items():
         (out_dir / f"{k}.png").write_bytes(png)
-    rows = stats.comparison(summaries)
     result = {"thresholds": vars(th), "runs": [s.to_dict() for s in summaries], "comparison": rows,
               "plots": {k: f"{k}.png" for k in pngs}, "skipped_plots": skipped}
     (out_dir / "summary.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    print("\n\n".join(format_run(s, th) for s in summaries))
+    print("\n\n".join(tables.format_run(s, th) for s in summaries))
     if len(summaries) > 1:
-        print("\n" + format_comparison(rows))
+        print("\n" + tables.format_comparison(rows))
+    if any(s.answers for s in summaries):
+        print("\n" + tables.format_answer_comparison(rows))
     for k, why in skipped.items():
         print(f"plot {k} skipped: {why}")
     print(f"wrote {out_dir / 'summary.json'} and {len(pngs)} plots in {out_dir}")
@@ -213,45 +237,38 @@ def run_report(ns) -> int:
     from . import report
 
     th = _thresholds(ns)
-    path = Path(ns.input).expanduser()
-    records = read_records(path)
-    p = paths(str(path))
-    manifest = _read_manifest(p["manifest"])
-    method = (manifest or {}).get("config", {}).get("alpha_method", "unknown")
-    diag = None
-    if p["diagnostics"].exists():
-        try:
-            diag = read_diagnostics(p["diagnostics"], "report")
-        except InputError as e:
-            _warn("report", f"{e}; using the summaries in the records instead")
-    else:
-        _warn("report", f"no {p['diagnostics'].name} next to the run; using the summaries in the records")
-    diag = diag or [diag_from_record(r, method) for r in records]
-    name = stem_of(path).name
-    summary = stats.summarize(name, str(path), diag, th)
-    pngs, skipped = plots.make_all([(name, diag)], [summary], th)
-    tok, note = report.load_tokenizer(ns.tokenizer or (manifest or {}).get("config", {}).get("model_theta"))
-    out = Path(ns.output).expanduser() if ns.output else Path(f"{stem_of(path)}.report.html")
-    page = report.render(name=name, summary=summary, records=records, pngs=pngs, skipped=skipped,
-                         manifest=manifest, manifest_path=p["manifest"], tok=tok, tok_note=note,
-                         max_samples=ns.max_samples)
+    files = [Path(f).expanduser() for f in ns.inputs]
+    runs = [load_run(f, name, ns, "report") for name, f in zip(run_names(files), files)]
+    main_run, summaries = runs[0], [r.summary for r in runs]
+    rows = stats.comparison(summaries)
+    pngs, skipped = plots.make_all([(main_run.summary.name, main_run.diag)], [main_run.summary], th)
+    chart = plots.accuracy_chart(rows) if any(s.answers for s in summaries) else None
+    cfg = (main_run.manifest or {}).get("config", {})
+    tok, note = report.load_tokenizer(ns.tokenizer or cfg.get("model_theta"))
+    out = Path(ns.output).expanduser() if ns.output else Path(f"{stem_of(files[0])}.report.html")
+    page = report.render(name=main_run.summary.name, summary=main_run.summary, records=main_run.records, pngs=pngs,
+                         skipped=skipped, manifest=main_run.manifest, manifest_path=main_run.manifest_path, tok=tok,
+                         tok_note=note, max_samples=ns.max_samples, comparison=rows if chart or len(runs) > 1 else None,
+                         chart=chart, graded=main_run.graded)
     _writable_dir(out.parent)
     out.write_text(page, encoding="utf-8")
-    print(f"wrote {out} ({len(page) / 1e6:.2f} MB, {min(len(records), ns.max_samples)} of {len(records)} samples "
-          f"in the browser; {note})")
-    print(json.dumps({"command": "report", "output": str(out), "n_samples": len(records),
-                      "alpha_method": summary.alpha_method, "checks_level": summary.checks["level"]}))
+    n = len(main_run.records)
+    print(f"wrote {out} ({len(page) / 1e6:.2f} MB, {min(n, ns.max_samples)} of {n} samples of "
+          f"{main_run.summary.name} in the browser; {len(runs)} run(s) compared; {note})")
+    print(json.dumps({"command": "report", "output": str(out), "n_samples": n, "runs": len(runs),
+                      "alpha_method": main_run.summary.alpha_method,
+                      "checks_level": main_run.summary.checks["level"]}))
     return 0
 
 
-def _read_manifest(path: Path) -> dict | None:
+def _read_manifest(path: Path, cmd: str = "report") -> dict | None:
     if not path.exists():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        _warn("report", f"{path} is not readable JSON ({e}); the report shows no config")
+        _warn(cmd, f"{path} is not readable JSON ({e}); no run config from it")
         return None
 
 
@@ -275,26 +292,43 @@ def _threshold_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    a = sub.add_parser("analyze", help="statistics, condition checks and plots of one or more runs",
+    a = sub.add_parser("analyze", help="statistics, condition checks, answers and plots of one or more runs",
                        description="Per-run statistics of diagnostics files, the seed's condition checks as pass "
-                       "rates, sequence importance-weight diagnostics, a comparison table for several runs; "
-                       "prints tables, writes summary.json and PNG plots.")
-    a.add_argument("inputs", nargs="+", metavar="RUN.diagnostics.jsonl", help="diagnostics files of qstar generate")
+                       "rates, sequence importance-weight diagnostics, answer accuracy with importance-sampling "
+                       "estimates of pi_theta's accuracy (when the records carry a reference answer), a "
+                       "comparison table for several runs; prints tables, writes summary.json and PNG plots.")
+    a.add_argument("inputs", nargs="+", metavar="RUN", help="a run's diagnostics file (<stem>.diagnostics.jsonl) or "
+                   "records file (<stem>.jsonl); the other one next to it is read when present")
     a.add_argument("--output-dir", "-o", metavar="DIR", help="where summary.json and the plots go (default: <stem>.analysis "
                    "next to the first input)")
     a.add_argument("--no-plots", action="store_true", help="write summary.json only")
     _threshold_flags(a)
-    r = sub.add_parser("report", help="one self-contained offline HTML report of a run",
+    _answer_flags(a)
+    r = sub.add_parser("report", help="one self-contained offline HTML report of a run (or several, compared)",
                        description="Config, summary, plots and a token-coloured sample browser in one HTML file "
-                       "(no network needed to make or view it).")
-    r.add_argument("input", metavar="RUN.jsonl", help="records file of qstar generate (its <stem>.diagnostics.jsonl "
-                   "and <stem>.manifest.json are read when present)")
+                       "(no network needed to make or view it). Given several runs, it opens with their "
+                       "comparison (accuracy by sampler and a bar chart); the rest shows the first run.")
+    r.add_argument("inputs", nargs="+", metavar="RUN.jsonl", help="records files of qstar generate (each one's "
+                   "<stem>.diagnostics.jsonl and <stem>.manifest.json are read when present); the first is shown "
+                   "in detail")
     r.add_argument("--output", "-o", metavar="FILE", help="HTML file to write (default: <stem>.report.html)")
     r.add_argument("--max-samples", type=_positive, default=200, metavar="N",
                    help="samples in the browser, the first by (sample_idx, n) (default: 200)")
     r.add_argument("--tokenizer", metavar="PATH", help="local tokenizer dir or .gguf file to decode token ids (default: the "
                    "manifest's model_theta when it is a local path)")
     _threshold_flags(r)
+    _answer_flags(r)
+
+
+def _answer_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("answers (verifiable rewards; read from the records file)")
+    g.add_argument("--answer-field", metavar="FIELD", help="record field holding the reference answer (default: "
+                   f"auto-detect {' / '.join(answers.ANSWER_FIELDS)}; none found: no answer step)")
+    g.add_argument("--reward-hook", metavar="MODULE:FUNC", help="grade with FUNC(response, reference) -> bool or "
+                   "number in [0, 1] instead of the number rule; MODULE may be a path/to/file.py")
+    g.add_argument("--min-ess", type=float, default=importance.MIN_ESS, metavar="K",
+                   help="below this sequence ESS the IS estimates are flagged as meaningless "
+                   f"(default: {importance.MIN_ESS:g})")
 
 
 def run(ns) -> int:

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 Z95 = 1.959963984540054
+NO_ESTIMATE = {"value": None, "se": None, "ci": None}
 MIN_ESS = 10.0  # below this many effective samples an IS estimate is noise: say so
 
 

@@ -16,7 +16,7 @@ from . import stats
 ESS_CLIP = 3.0          # ESS ratios above this are drawn in the last bin (the ratio is unbounded)
 MAX_SCATTER = 20_000    # points per run in the KL scatter (an even subsample beyond)
 PLOT_NAMES = ("alpha_hist", "alpha_vs_position", "kl_scatter", "ess_ratio_hist", "seq_logw_hist",
-              "method_comparison")
+              "method_comparison", "accuracy")
 
 
 def _plt():
@@ -152,8 +152,57 @@ def method_comparison(summaries: list[stats.RunSummary]) -> bytes:
     return _png(fig)
 
 
+def _bar(ax, x, value, ci, width, color, label, hatch=None):
+    """One bar (value clipped to the axis, the true value written on it) with its 95 % interval."""
+    if value is None:
+        ax.text(x, 0.02, "n/a", ha="center", fontsize=7, rotation=90)
+        return
+    shown = min(value, 1.0)
+    ax.bar(x, shown, width, color=color, label=label, hatch=hatch, edgecolor="black" if hatch else None, lw=0.5)
+    if ci:
+        ax.errorbar(x, shown, yerr=[[max(shown - ci[0], 0)], [max(ci[1] - shown, 0)]], fmt="none", ecolor="black",
+                    capsize=3, lw=1)
+    ax.text(x, shown + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+
+
+def accuracy_chart(rows: list[dict]) -> bytes | None:
+    """Per run: accuracy of its own samples, and pi_theta's accuracy estimated from them (IS,
+    self-normalised), with 95 % intervals; a dashed line at pi_theta measured directly (a run
+    with alpha = 1 throughout). None when no run has answers."""
+    rows = [r for r in rows if r.get("accuracy") is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.4, 2.2 * len(rows) + 2), 4.2))
+    w, seen = 0.26, set()
+    for i, r in enumerate(rows):
+        bars = [("accuracy of its samples", r["accuracy"], r["accuracy_ci"], "#4c72b0", None)]
+        if not r["sampler"].startswith("pi_theta alone"):  # on pi_theta's own samples every weight is 1
+            bars += [("π_θ accuracy, IS from its samples", r["theta_accuracy_is"], r["theta_accuracy_is_ci"],
+                      "#dd8452", None),
+                     ("π_θ accuracy, self-normalised IS", r["theta_accuracy_snis"], r["theta_accuracy_snis_ci"],
+                      "#f2c29b", "//")]
+        for j, (label, v, ci, color, hatch) in enumerate(bars):
+            _bar(ax, i + (j - (len(bars) - 1) / 2) * w, v, ci, w, color, None if label in seen else label, hatch)
+            seen.add(label)
+    direct = next((r for r in rows if r["sampler"].startswith("pi_theta alone")), None)
+    if direct:
+        ax.axhline(direct["accuracy"], color="#c44e52", ls="--", lw=1.2,
+                   label=f"π_θ measured directly ({direct['accuracy']:.2f})")
+    ticks = [f"{r['name']}\n{r['sampler'][:28]}\nn {r['n_graded']}, seq ESS {_ess(r['seq_ess'])}" for r in rows]
+    ax.set_xticks(range(len(rows)), ticks, fontsize=8)
+    ax.set(ylim=(0, 1.12), ylabel="accuracy (95 % interval)",
+           title="answer accuracy by sampler, and π_θ's accuracy recovered by importance weights")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: bars reach the top
+    return _png(fig)
+
+
+def _ess(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def make_all(runs: list[tuple[str, list[dict]]], summaries: list[stats.RunSummary],
-             th: stats.Thresholds) -> tuple[dict[str, bytes], dict[str, str]]:
+             th: stats.Thresholds, rows: list[dict] | None = None) -> tuple[dict[str, bytes], dict[str, str]]:
     """(name -> PNG bytes, name -> why it was skipped) for every plot in PLOT_NAMES."""
     pngs, skipped = {"alpha_hist": alpha_hist(runs, th)}, {}
     pos = alpha_vs_position(runs)
@@ -169,4 +218,9 @@ def make_all(runs: list[tuple[str, list[dict]]], summaries: list[stats.RunSummar
     pngs["ess_ratio_hist"] = ess_ratio_hist(runs, th)
     pngs["seq_logw_hist"] = seq_logw_hist(runs)
     pngs["method_comparison"] = method_comparison(summaries)
+    acc = accuracy_chart(rows) if rows else None
+    if acc is not None:
+        pngs["accuracy"] = acc
+    elif rows is not None:
+        skipped["accuracy"] = "no run's records carry a reference answer (--answer-field)"
     return pngs, skipped

@@ -19,7 +19,8 @@ from . import stats
 ARRAYS = ("alpha", "kl_theta", "kl_t", "logp_theta", "logp_t", "logq", "logp_behavior")
 PLOT_TITLES = {"alpha_hist": "alpha histogram", "alpha_vs_position": "alpha vs position",
                "kl_scatter": "KL(q‖π_θ) vs KL(q‖π_t)", "ess_ratio_hist": "ESS ratio histogram",
-               "seq_logw_hist": "sequence log importance weights", "method_comparison": "condition checks"}
+               "seq_logw_hist": "sequence log importance weights", "method_comparison": "condition checks",
+               "accuracy": "accuracy by sampler"}
 
 
 def load_tokenizer(model_path: str | None) -> tuple[object | None, str]:
@@ -72,7 +73,7 @@ def _num(x, digits: int = 5):
     return float(f"{x:.{digits}g}")
 
 
-def sample_view(rec: dict, tok) -> dict:
+def sample_view(rec: dict, tok, graded: dict | None = None) -> dict:
     """What the browser needs of one record (floats rounded: the page stays small)."""
     msgs = rec.get("messages") or []
     prompt = [m for m in msgs[:-1] if isinstance(m, dict)]
@@ -82,6 +83,9 @@ def sample_view(rec: dict, tok) -> dict:
             "prompt_t": rec.get("prompt_t"), "text": msgs[-1].get("content") if msgs else "",
             "means": {k: _num(rec.get(k)) for k in ("alpha_mean", "kl_theta_mean", "kl_t_mean", "ess_ratio_mean",
                                                    "seq_logw_theta", "seq_logw_t")}}
+    g = (graded or {}).get(view["key"])
+    if g:
+        view["answer"] = {"answer": g["answer"], "reference": str(g["reference"])[-80:], "reward": g["reward"]}
     ids = rec.get("token_ids")
     if isinstance(ids, list) and all(isinstance(rec.get(k), list) for k in ARRAYS):
         view["token_ids"] = ids
@@ -137,6 +141,34 @@ def summary_html(s: stats.RunSummary) -> str:
             + "</div></div>" + (f"<ul class='notes'>{notes}</ul>" if notes else ""))
 
 
+def _est(v, ci) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def comparison_html(rows: list[dict], chart: bytes | None) -> str:
+    """The runs side by side: accuracy, pi_theta's accuracy estimated by IS, ESS, alpha, KL, tokens/s."""
+    head = ["run", "sampler", "n", "accuracy [95 %]", "π_θ accuracy, IS from these samples",
+            "π_θ accuracy, self-normalised IS", "sequence ESS", "mean α", "KL(q‖π_θ)", "tokens/s"]
+    body = [[r["name"], r["sampler"], r["n_graded"], _est(r["accuracy"], r["accuracy_ci"]),
+             _est(r["theta_accuracy_is"], r["theta_accuracy_is_ci"]),
+             _est(r["theta_accuracy_snis"], r["theta_accuracy_snis_ci"]),
+             None if r["seq_ess"] is None else f"{r['seq_ess']:.2f}", r["alpha_mean"], r["kl_theta_mean"],
+             None if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"] for r in rows]
+    warn = "".join(f"<li><b>{html.escape(r['name'])}</b>: {html.escape(r['ess_warning'])}</li>"
+                   for r in rows if r.get("ess_warning"))
+    img = "" if chart is None else (f"<figure id='accuracy-chart'><img alt='accuracy by sampler' src='data:image/png;"
+                                    f"base64,{base64.b64encode(chart).decode()}'><figcaption>accuracy by sampler; "
+                                    "π_θ measured directly vs estimated from each sampler's samples</figcaption>"
+                                    "</figure>")
+    return (_table(body, head).replace("<table>", "<table id='comparison-table'>", 1)
+            + "<p class='note'>IS: (1/n) Σ w·r, unbiased; self-normalised: Σ w·r / Σ w; w = exp(seq_logw_theta) = "
+            "π_θ(y)/behaviour(y); intervals are normal 95 % (Wilson for accuracy); sequence ESS = (Σw)²/Σw². "
+            "tokens/s from each run's &lt;stem&gt;.summary.json (— when absent).</p>"
+            + (f"<ul class='notes'>{warn}</ul>" if warn else "") + img)
+
+
 def plots_html(pngs: dict[str, bytes], skipped: dict[str, str]) -> str:
     figs = "".join(f"<figure><img alt='{html.escape(PLOT_TITLES.get(k, k))}' src='data:image/png;base64,"
                    f"{base64.b64encode(v).decode()}'><figcaption>{html.escape(PLOT_TITLES.get(k, k))}</figcaption>"
@@ -154,13 +186,18 @@ def _json_for_script(obj) -> str:
 
 def render(*, name: str, summary: stats.RunSummary, records: list[dict], pngs: dict[str, bytes],
            skipped: dict[str, str], manifest: dict | None, manifest_path: Path, tok, tok_note: str,
-           max_samples: int) -> str:
+           max_samples: int, comparison: list[dict] | None = None, chart: bytes | None = None,
+           graded: dict | None = None) -> str:
     recs = sorted(records, key=lambda r: (r.get("sample_idx", 0), r.get("n", 0)))
-    shown = [sample_view(r, tok) for r in recs[:max_samples]]
+    shown = [sample_view(r, tok, graded) for r in recs[:max_samples]]
     data = {"name": name, "total": len(recs), "samples": shown, "tok_note": tok_note}
     more = (f"<p class='note'>Showing the first {len(shown)} of {len(recs)} samples (--max-samples).</p>"
             if len(shown) < len(recs) else "")
     e = html.escape
+    cmp_section = "" if not comparison else (
+        f"<section id='comparison'><h2>Comparison: {len(comparison)} run(s)</h2>{comparison_html(comparison, chart)}"
+        + (f"<p class='note'>Below: the first run, {e(name)}, in detail.</p>" if len(comparison) > 1 else "")
+        + "</section>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qstar report: {e(name)}</title>
 <style>{CSS}</style></head>
@@ -168,9 +205,10 @@ def render(*, name: str, summary: stats.RunSummary, records: list[dict], pngs: d
 <header><h1>qstar report — {e(name)}</h1>
 <p><span id="sample-count">{len(recs)}</span> samples · method {e(summary.alpha_method)} ·
 alpha is the weight on π_θ (q ∝ π_θ<sup>α</sup>·π_t<sup>1−α</sup>)</p>
-<nav><a href="#config">config</a> <a href="#summary">summary</a> <a href="#samples">samples</a>
+<nav>{'<a href="#comparison">comparison</a> ' if comparison else ''}<a href="#config">config</a> <a href="#summary">summary</a> <a href="#samples">samples</a>
 <a href="#plots">plots</a></nav></header>
-<section id="config"><h2>Run config</h2>{config_html(manifest, manifest_path)}</section>
+{cmp_section}
+<section id="config"><h2>Run config{' — ' + e(name) if comparison and len(comparison) > 1 else ''}</h2>{config_html(manifest, manifest_path)}</section>
 <section id="summary"><h2>Summary</h2>{summary_html(summary)}</section>
 <section id="samples"><h2>Samples</h2>{more}
 <div class="controls"><button id="prev" type="button">◀</button><select id="sample-select"></select>
@@ -200,7 +238,8 @@ table{border-collapse:collapse;margin:4px 0 10px;font-size:12px}td,th{border:1px
 text-align:left;vertical-align:top}th{background:#f5f5f5}td{font-variant-numeric:tabular-nums;max-width:640px;
 overflow-wrap:anywhere}.note{color:#666;font-size:13px}.notes{color:#444;font-size:13px}
 .plots{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;border:1px solid #eee;padding:4px}
-figure img{max-width:540px;display:block}
+figure img{max-width:540px;display:block}#accuracy-chart img{max-width:100%}
+#comparison-table td:nth-child(n+3){text-align:right;white-space:nowrap}
 .row{display:flex;flex-wrap:wrap;gap:24px}
 .config{columns:3;font-size:12px;column-gap:20px}.config div{break-inside:avoid;overflow-wrap:anywhere}
 .config .k{color:#666}figcaption{font-size:12px;color:#555;text-align:center}
@@ -303,7 +342,9 @@ JS = r"""
     var s = data.samples[idx], m = METRICS[by.value];
     var meta = "sample " + s.key + " · id " + JSON.stringify(s.sample_id) + " · " + s.num_tokens +
       " tokens · finish " +
-      s.finish_reason + " · mean alpha " + fmt(s.means.alpha_mean) + " · seq log w_θ " + fmt(s.means.seq_logw_theta);
+      s.finish_reason + " · mean alpha " + fmt(s.means.alpha_mean) + " · seq log w_θ " + fmt(s.means.seq_logw_theta) +
+      (s.answer ? " · answer " + (s.answer.answer === null ? "(none found)" : s.answer.answer) + " vs reference " +
+        JSON.stringify(s.answer.reference) + (s.answer.reward >= 1 ? " ✓" : " ✗") : "");
     document.getElementById("sample-meta").textContent = meta;
     renderPrompt(s);
     box.innerHTML = "";
@@ -352,6 +393,13 @@ JS = r"""
   for (var j = 0; j < data.samples.length; j++) { if (data.samples[j].token_ids) { first = j; break; } }
   if (data.samples.length) { render(first); }
   body.setAttribute("data-sample-count", String(data.total));
+  var cmp = document.getElementById("comparison-table");
+  if (cmp) { body.setAttribute("data-comparison-rows", String(cmp.tBodies[0].rows.length)); }
+  window.addEventListener("load", function () {  // every embedded chart decoded to a real image
+    var imgs = document.images, ok = 0;
+    for (var k = 0; k < imgs.length; k++) { if (imgs[k].complete && imgs[k].naturalWidth > 0) { ok++; } }
+    body.setAttribute("data-images", imgs.length + "/" + ok);
+  });
   body.setAttribute("data-rendered", "1");
 })();
 """

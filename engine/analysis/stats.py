@@ -178,6 +178,9 @@ class RunSummary:
     by_construction: list        # checks this run's method satisfies by solving for them
     seq_weights: dict
     notes: list
+    sampler: str = ""            # e.g. "pi_theta alone (alpha = 1)": what drew the samples
+    answers: dict | None = None  # the answer step (answers.answer_step), when records carry references
+    speed: dict | None = None    # <stem>.summary.json of qstar generate (tokens/s ...), when present
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,7 +207,19 @@ def summarize(name: str, path: str, lines: list[dict], th: Thresholds = Threshol
         name=name, path=path, alpha_method=method, alpha_methods=counts, n_samples=len(lines),
         n_tokens=int(np.nansum(lengths)), finish_reasons=dict(Counter(str(d.get("finish_reason")) for d in lines)),
         clamped_frac_mean=clamped, distributions=distributions(lines), checks=ch, by_construction=built,
-        seq_weights=seq_weights(lines), notes=notes)
+        seq_weights=seq_weights(lines), notes=notes, sampler=sampler_label(method, lines))
+
+
+def sampler_label(method: str, lines: list[dict]) -> str:
+    """What drew the samples, in words: a fixed alpha of 1 or 0 is one model alone."""
+    if method != "fixed":
+        return method
+    alphas = {d.get("alpha_mean") for d in lines}
+    if len(alphas) != 1 or None in alphas:
+        return "fixed"
+    a = alphas.pop()
+    return {1.0: "pi_theta alone (alpha = 1)", 0.0: "pi_t alone (alpha = 0)"}.get(
+        a, f"fixed, alpha = {a:g}")
 
 
 BY_CONSTRUCTION_NOTE = {
@@ -226,5 +241,17 @@ def comparison(runs: list[RunSummary]) -> list[dict]:
                      "ess_ratio_median": lvl["ess_ratio"]["median"],
                      **{f"pass_{k}": r.checks[k]["pass_rate"] for k in ("ess_ratio", "kl_gap", "alpha", "all")},
                      "by_construction": r.by_construction,
-                     "seq_ess_theta": r.seq_weights["theta"]["ess_norm"], "seq_ess_t": r.seq_weights["t"]["ess_norm"]})
+                     "seq_ess_theta": r.seq_weights["theta"]["ess_norm"], "seq_ess_t": r.seq_weights["t"]["ess_norm"],
+                     "sampler": r.sampler, **answer_columns(r.answers),
+                     "tokens_per_s": (r.speed or {}).get("tokens_per_s")})
     return rows
+
+
+def answer_columns(a: dict | None) -> dict:
+    """The answer step's numbers as flat comparison columns (None when the run has no answers)."""
+    a = a or {}
+    is_, sn = a.get("theta_accuracy_is") or {}, a.get("theta_accuracy_snis") or {}
+    return {"n_graded": a.get("n"), "accuracy": a.get("accuracy"), "accuracy_ci": a.get("accuracy_ci"),
+            "theta_accuracy_is": is_.get("value"), "theta_accuracy_is_ci": is_.get("ci"),
+            "theta_accuracy_snis": sn.get("value"), "theta_accuracy_snis_ci": sn.get("ci"),
+            "seq_ess": a.get("seq_ess"), "ess_warning": a.get("ess_warning")}
