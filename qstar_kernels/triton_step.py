@@ -18,6 +18,8 @@ Not for: `mix` (triton_mix.py keeps its own kernel for API users) or fp64 (refer
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -31,11 +33,17 @@ KL_ZERO = 7.62939453125e-06  # 64 * 2^-23, as ref_solve.KL_ZERO for fp32
 
 
 def layout(V: int) -> tuple[int, int, int]:
-    """(CHUNK, NS, BLOCK) for a vocabulary of V columns: >= 32 chunks from V = 32768 on."""
+    """(CHUNK, NS, BLOCK) for a vocabulary of V columns: >= 32 chunks from V = 32768 on.
+    BLOCK (the tile a program loads at once) is 1024 on a GPU; the CPU interpreter pays per
+    operation, not per element, so there a large vocabulary loads a whole chunk per tile and a
+    small one 256-wide tiles (several per chunk: the in-program online merge stays tested)."""
     chunk = 1024
     while chunk < 8192 and chunk * 2 * 32 <= V:
         chunk *= 2
-    return chunk, triton.cdiv(V, chunk), min(chunk, 1024)
+    block = min(chunk, 1024)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        block = chunk if V >= 65536 else 256
+    return chunk, triton.cdiv(V, chunk), block
 
 
 def launch(kernel, grid, *args, **meta):
@@ -534,7 +542,8 @@ def step_triton(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, voc
     cnt = torch.empty((B, NS, R.NPIV), dtype=torch.int32, device=dev) if may_truncate else offsets
     mass = torch.empty((B, NS, R.NPIV), dtype=f32, device=dev) if may_truncate else offsets
     if may_truncate:
-        launch(R._trunc_count, g2, *rows, rowc, *params, cnt, mass, B, V, NS, CHUNK=CHUNK, TB=128, NP=R.NPIV)
+        launch(R._trunc_count, g2, *rows, rowc, *params, cnt, mass, B, V, NS, CHUNK=CHUNK, TB=min(BLOCK, 128) if BLOCK <= 1024 else BLOCK,
+               NP=R.NPIV)
     launch(R._trunc_plan, g1, *params, cnt, mass, plan, offsets, B, NS, NP=R.NPIV, NSP=NSP, CAP_=R.CAP)
     if may_truncate:
         cand_s = torch.empty((B, R.CAP), dtype=f32, device=dev)
