@@ -5,13 +5,18 @@ Not for: anything inside the math (the kernels trust what passed these checks).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .types import METHODS
 
 
 def _as_row_tensor(name: str, value, batch: int, dtype, device) -> torch.Tensor:
-    """A scalar or (B,) value as a (B,) tensor on `device`."""
+    """A scalar or (B,) value as a (B,) tensor on `device`. A Python number becomes a device-side
+    fill (no host->device copy, nothing to wait for); a tensor is used where it lies."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return torch.full((batch,), value, dtype=dtype, device=device)
     t = torch.as_tensor(value, dtype=dtype, device=device)
     if t.dim() == 0:
         return t.expand(batch).contiguous()
@@ -20,7 +25,12 @@ def _as_row_tensor(name: str, value, batch: int, dtype, device) -> torch.Tensor:
     return t.contiguous()
 
 
-def _check_range(name: str, t: torch.Tensor, lo: float, hi: float, hint: str) -> None:
+def _check_range(name: str, t, lo: float, hi: float, hint: str) -> None:
+    """t: a Python number (checked on the host) or a tensor (a device reduction + one sync)."""
+    if isinstance(t, numbers.Number):
+        if not lo <= t <= hi:  # also catches NaN
+            raise ValueError(f"{name} must lie in [{lo}, {hi}], got {t!r}; {hint}")
+        return
     bad = ~((t >= lo) & (t <= hi))  # also catches NaN
     if bool(bad.any()):
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got {t[bad][0].item()!r}; {hint}")
@@ -59,9 +69,12 @@ def check_mix_args(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, 
         raise ValueError(f"need 0 <= alpha_min <= alpha_max <= 1, got alpha_min={alpha_min!r}, "
                          f"alpha_max={alpha_max!r}")
     dtype = torch.float64 if logits_theta.dtype == torch.float64 else torch.float32
+    hint = "alpha is the weight on pi_theta (1 = policy only, 0 = teacher only)"
+    if isinstance(alpha, numbers.Number):  # checked on the host: validate=False stays sync-free
+        _check_range("alpha", float(alpha), 0.0, 1.0, hint)
     a = _as_row_tensor("alpha", alpha, B, dtype, logits_theta.device)
-    if validate or not isinstance(alpha, torch.Tensor):
-        _check_range("alpha", a, 0.0, 1.0, "alpha is the weight on pi_theta (1 = policy only, 0 = teacher only)")
+    if validate and not isinstance(alpha, numbers.Number):
+        _check_range("alpha", a, 0.0, 1.0, hint)
     if validate:
         width = V if vocab_size is None else vocab_size
         for name, x in (("logits_theta", logits_theta), ("logits_t", logits_t)):
