@@ -1,15 +1,19 @@
 """OptimalSamplingModel: a loaded pair ready to sample (what create_optimal_sampling_model returns;
 the vLLM backend subclasses it). alpha is the weight on pi_theta.
 
+update_policy_weights copies a trainer's pi_theta into the pair in place (RL rollouts).
 Not for: loading the pair (api.py, loading.py) or the decode loop (core.py).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from .config import EngineConfig, MixtureConfig, SamplingParams
 from .core import Engine, Pair, Request
 from .outputs import SampleOutput
+from .policy_weights import check_weights, named_weights
 from .prompts import PromptError, render
 
 
@@ -71,3 +75,35 @@ class OptimalSamplingModel:
         if self.engine_cfg.threads:
             torch.set_num_threads(self.engine_cfg.threads)
         return self.engine.run(requests, params, progress=progress, should_stop=should_stop)
+
+    # ---- policy weight sync (a trainer's rollouts) -------------------------------------
+    def update_policy_weights(self, weights) -> int:
+        """Copy new pi_theta weights into the pair in place; returns how many tensors were copied.
+
+        weights: a state dict or an iterable of (name, tensor) pairs, under the names of the
+        transformers model or of its DDP / torch.compile / PEFT (merged) wrappings. Every name and
+        shape is checked before anything is copied (WeightsError, a ValueError, otherwise). The copy
+        goes into the model's own parameters (`param.copy_` under no_grad), so KV caches, compiled
+        steps and CUDA graphs stay valid. pi_t never changes: when both sides share one model
+        object (model_t loaded from model_theta's path), the first update gives pi_t its own copy
+        of the weights (memory: one more model) and rebuilds the engine once.
+        """
+        items = named_weights(weights)
+        params = dict(self.pair.model_theta.named_parameters(remove_duplicate=False))
+        check_weights(items, {n: p.shape for n, p in params.items()}, self.pair.name_theta)
+        self._unshare_teacher()
+        with torch.no_grad():
+            for name, tensor in items:
+                params[name].copy_(tensor)  # casts dtype and moves device as needed
+        return len(items)
+
+    def _unshare_teacher(self) -> None:
+        """Give pi_t weights of its own when any of its parameters is one of pi_theta's."""
+        p = self.pair
+        theta_ptrs = {t.data_ptr() for t in p.model_theta.parameters()}
+        if not any(t.data_ptr() in theta_ptrs for t in p.model_t.parameters()):
+            return
+        p.model_t = copy.deepcopy(p.model_t)
+        # the old engine's runners hold the shared object on both sides: start a fresh one (built
+        # on the next generate, as in __init__)
+        self.engine = Engine(p, self.engine_cfg, self.mixture)
