@@ -12,15 +12,26 @@ pytestmark = pytest.mark.skipif(smollm2_gguf() is None, reason="needs llm-smollm
 def test_demo_small(tmp_path, capsys):
     pytest.importorskip("reasoning_gym")
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--num-problems", "3", "--max-new-tokens", "24"]) == 0
+    assert main(["demo", "--output-dir", str(out), "--num-problems", "3", "--n", "1", "--max-new-tokens", "16"]) == 0
     recs = [json.loads(x) for x in (out / "kl_symmetry.jsonl").read_text().splitlines()]
     assert len(recs) == 3
     alphas = [a for r in recs for a in r["alpha"]]
     assert len(set(alphas)) > 1 and all(0 <= a <= 1 for a in alphas)  # alpha moves with the hint
     assert all(r["prompt_t"].startswith(r["messages"][0]["content"]) and "Final answer:" in r["prompt_t"] for r in recs)
-    assert (out / "report.html").stat().st_size > 10_000 and (out / "analysis" / "summary.json").exists()
+    # pi_theta alone samples pi_theta exactly: every weight is 1, the behaviour is pi_theta
+    theta = [json.loads(x) for x in (out / "pi_theta.jsonl").read_text().splitlines()]
+    assert all(a == 1.0 for r in theta for a in r["alpha"]) and all(r["seq_logw_theta"] == 0 for r in theta)
+    assert all(a == 0.0 for x in (out / "pi_t.jsonl").read_text().splitlines() for a in json.loads(x)["alpha"])
+    table = json.loads((out / "comparison.json").read_text())
+    assert list(table) == ["kl_symmetry", "pi_theta", "pi_t"]
+    for row in table.values():
+        assert row["n"] == 3 and 0 <= row["accuracy"] <= 1 and row["tokens_per_s"] > 0
+    q = table["kl_symmetry"]
+    assert {"theta_accuracy_is", "theta_accuracy_snis", "seq_ess"} <= set(q) and 1 <= q["seq_ess"] <= 3
+    html = (out / "report.html").read_text()
+    assert "id='comparison-table'" in html and "alt='accuracy by sampler'" in html
     printed = capsys.readouterr().out
-    assert "[demo] report:" in printed and "mean alpha" in printed
+    assert "[demo] report:" in printed and "pi_theta acc. (IS)" in printed
 
 
 def test_readme_commands_are_the_ones_ci_and_demo_run():
