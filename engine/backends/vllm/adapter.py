@@ -8,17 +8,20 @@ SampleOutputs (values decoded from logprobs, codec.py). The pipeline uses it thr
 
 Limits (each refused with a message): both models see the same prompt ids (no per-side
 prompts: π_t's prompt must render to π_θ's ids), models given as paths / hub names / .gguf,
-pairs checks.py refuses. Not for: the vLLM model class (model.py), the sampler (logits_processor.py).
+pairs checks.py refuses. update_policy_weights loads a trainer's pi_theta into the running engine
+(vLLM's own load_weights, in place) and drops vLLM's prefix cache. Not for: the vLLM model class (model.py), the sampler (logits_processor.py).
 """
 from __future__ import annotations
 
 import os
 from collections import deque
+from pathlib import Path
 
 from ...sampling_model import OptimalSamplingModel
 from ...config import EngineConfig, MixtureConfig, SamplingParams
 from ...core import Request
 from ...outputs import SampleOutput
+from ...policy_weights import check_weights, named_weights
 from . import codec
 from .checks import PairError, check_tp
 from .logits_processor import FQCN
@@ -55,6 +58,23 @@ def check_generate_config(cfg) -> None:
     if cfg.t_template or cfg.no_chat_template_theta != cfg.no_chat_template_t:
         raise PairError("--backend vllm runs both models on the same prompt ids: per-side prompts "
                         "(--t-template, --no-chat-template-theta/-t) need --backend hf")
+
+
+def reload_theta(worker, weights) -> None:
+    """In each vLLM worker: load pi_theta's checkpoint-format weights into `theta_model` in place.
+
+    vLLM processes weights after loading (CPU linear layers repack theirs and drop the original
+    parameter), so a bare load_weights cannot run twice; the layerwise reload restores each
+    layer's loadable parameters, loads, re-processes and copies the result back into the
+    tensors the model (and any captured graph) already holds. Only theta_model takes part.
+    """
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+
+    runner = worker.model_runner
+    theta = runner.get_model().theta_model
+    initialize_layerwise_reload(theta)
+    theta.load_weights(iter(weights))
+    finalize_layerwise_reload(theta, runner.model_config)
 
 
 class VLLMEngine:
@@ -210,3 +230,40 @@ class QStarVLLM(OptimalSamplingModel):
                   async_scheduling=False)
         kw.update(extra)
         return LLM(**kw)
+
+    def update_policy_weights(self, weights) -> int:
+        """Load new pi_theta weights into the engine; returns how many tensors were loaded.
+
+        Same contract as the hf backend's (names of DDP / compile / PEFT-merged wrappings accepted,
+        every name and shape checked against pi_theta's checkpoint before anything loads). Loaded
+        through vLLM's layerwise reload (reload_theta), so weights its CPU / quantised kernels
+        repacked after loading are repacked again and written back into the same storage;
+        pi_t is a separate module (`t_model`) and never changes. The prefix cache is reset: its
+        KV was computed with the old weights.
+        """
+        items = named_weights(weights)
+        check_weights(items, self._theta_shapes(), self.pair.name_theta)
+        llm = self.engine.llm
+        llm.collective_rpc(reload_theta, args=(items,))
+        llm.reset_prefix_cache()
+        return len(items)
+
+    def _theta_shapes(self) -> dict[str, tuple]:
+        """pi_theta's parameter names and shapes, read from its checkpoint's safetensors headers."""
+        if getattr(self, "_shapes", None) is None:
+            from safetensors import safe_open
+            from transformers import AutoConfig
+
+            shapes = {}
+            for f in sorted(Path(self.pair.path_theta).glob("*.safetensors")):
+                with safe_open(str(f), "pt") as fh:
+                    shapes.update({k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()})
+            if not shapes:
+                raise PairError(f"model_theta ({self.pair.name_theta}): no .safetensors files in "
+                                f"{self.pair.path_theta} to check weights against")
+            cfg = AutoConfig.from_pretrained(self.pair.path_theta).get_text_config()
+            embed = "model.embed_tokens.weight"
+            if getattr(cfg, "tie_word_embeddings", False) and embed in shapes:
+                shapes.setdefault("lm_head.weight", shapes[embed])  # tied: saved once, sent twice
+            self._shapes = shapes
+        return self._shapes
