@@ -39,7 +39,7 @@ def create_optimal_sampling_model(model_theta, model_t, alpha_method: str = "kl_
     pi_t's top-k / nucleus set before alpha is solved; force_teacher="first,special" samples the
     first response token, and tokens where pi_t's argmax is a special token, from pi_t alone
     (alpha = 0, recorded in `forced`); docs/theory.md#controls. engine_options: EngineConfig fields (max_batch_size,
-    threads, kernels_backend, cuda_graphs, force_row_model). tokenizer: required when both models
+    threads, kernels_backend, cuda_graphs, force_row_model, max_model_len, kv_cache_gib, compile). tokenizer: required when both models
     are given as objects without one. backend: "hf" (this engine) or "vllm" (both models in one
     vLLM engine: engine.backends.vllm.QStarVLLM, docs/vllm.md).
     """

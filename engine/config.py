@@ -135,8 +135,26 @@ class EngineConfig:
     dtype: str | None = None         # default: bfloat16 on cuda, float32 on cpu
     threads: int | None = None       # torch.set_num_threads on CPU (None: leave as is)
     kernels_backend: str = "auto"    # qstar_kernels backend: auto | torch | triton | cpu
-    cuda_graphs: bool = True         # capture decode steps on CUDA (ignored on CPU)
+    cuda_graphs: bool | str = True   # capture decode steps on CUDA (ignored on CPU); "strict": a
+                                     # capture failure raises instead of warning and running eagerly
     force_row_model: bool = False    # run both models on the generic per-row HF path
+    max_model_len: int | None = None  # positions per slot (prompt + response) each KV cache holds,
+                                      # fixed for the engine's life; None: each model's context,
+                                      # capped so that both caches fit in kv_cache_gib
+    kv_cache_gib: float | None = None  # memory for both KV caches; None: 2 on CPU, half the free
+                                       # GPU memory on CUDA
+    compile: bool = False            # CPU: torch.compile(fullgraph=True) the decode step
+
+    def _check_engine_knobs(self) -> None:
+        if self.cuda_graphs not in (True, False, "strict"):
+            raise ValueError(f"cuda_graphs must be True, False or 'strict', got {self.cuda_graphs!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ValueError(f"max_model_len must be an int >= 2 (prompt + response positions), "
+                             f"got {self.max_model_len!r}")
+        if self.kv_cache_gib is not None and not (isinstance(self.kv_cache_gib, (int, float)) and self.kv_cache_gib > 0):
+            raise ValueError(f"kv_cache_gib must be a number > 0 (GiB for both KV caches), got {self.kv_cache_gib!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
 
     def __post_init__(self):
         if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
@@ -145,6 +163,7 @@ class EngineConfig:
             raise ValueError(f"kernels_backend must be one of {BACKENDS}, got {self.kernels_backend!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
+        self._check_engine_knobs()
         import torch
 
         if self.device is None:

@@ -1,9 +1,14 @@
-"""The two-model decode loop: slots, continuous batching, one qstar_kernels.step per step.
+"""The two-model decode loop: slots, continuous batching, packed prefill, stop conditions.
 
 Each request holds its own prompt ids per side; both models prefill their side into the same
-slot index, then decode the shared response tokens at their own positions. A finished row's
-slot is refilled from the queue before the next step. n samples of one prompt share one
-prefill (the prompt's KV is saved once and copied into each sample's slot).
+slot index, then decode the shared response tokens at their own positions. New requests are
+prefilled together (one packed forward per side per scheduling step) and a finished row's slot
+is refilled from the queue before the next step. n samples of one prompt share one prefill (the
+prompt's KV is computed once and copied into each sample's slot). The step itself — both
+forwards and the fused mixture step on per-slot device state — is stepper.py's; per step the
+loop reads back only the new tokens (for EOS / stop strings), and a row's recorded values once,
+when it finishes. Runners, caches and CUDA graphs are built on the first call and reused by
+every later one.
 Not for: loading models or rendering prompts (api.py), writing records (the pipeline).
 """
 from __future__ import annotations
@@ -13,10 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qstar_kernels import step as mix_step
-
 from .config import EngineConfig, MixtureConfig, SamplingParams
-from .loading import Vocab, token_table
+from .loading import Vocab
 from .outputs import TOKEN_FIELDS, SampleOutput
 
 
@@ -55,69 +58,116 @@ class Pair:
     name_t: str = "model_t"
     force_row_model: bool = False
     cuda_graphs: bool = False
-    runner_theta: object = None
+    runner_theta: object = None  # set when the engine builds its runners (for inspection)
     runner_t: object = None
-    n_slots: int = 0
-
-    def make_runners(self, n_slots: int, len_theta: int, len_t: int) -> None:
-        """KV caches for n_slots rows of up to len_* positions (SlotModel when it qualifies)."""
-        from .hf_fallback import RowModel
-        from .slot_model import SlotModel, unsupported_reason
-
-        def runner(model, max_len):
-            if self.force_row_model or unsupported_reason(model, max_len) is not None:
-                return RowModel(model, n_slots, max_len)
-            if not self.cuda_graphs:
-                return SlotModel(model, n_slots, max_len)
-            from .graphs import GraphedDecode
-
-            return GraphedDecode(SlotModel(model, n_slots + 1, max_len), n_slots)  # +1: scratch slot
-
-        self.runner_theta = runner(self.model_theta, len_theta)
-        self.runner_t = runner(self.model_t, len_t)
-        self.n_slots = n_slots
 
 
 class Engine:
     def __init__(self, pair: Pair, cfg: EngineConfig, mixture: MixtureConfig):
         self.pair, self.cfg, self.mixture = pair, cfg, mixture
         self.device = torch.device(cfg.device)
+        self.stepper = None  # built on the first run, kept for the engine's life
+        self.limits = None   # (theta, t): positions a slot holds per side
+
+    # ---- runners, once ---------------------------------------------------------------
+    def _build(self):
+        from .stepper import Stepper
+
+        lens = cache_lengths(self.pair, self.cfg)
+        self.stepper = Stepper(self.pair, self.cfg, self.mixture, self.cfg.max_batch_size, *lens)
+        self.limits = lens
+        self.pair.runner_theta, self.pair.runner_t = self.stepper.runners
+        return self.stepper
+
+    @property
+    def cuda_graphs(self) -> str:
+        """'on (N graphs)' or 'off (<reason>)' (run summaries and manifests print it)."""
+        if self.stepper is None:
+            return "off (no run yet)" if self.device.type == "cuda" else "off (cpu)"
+        return self.stepper.cuda_graphs
 
     # ---- admission -------------------------------------------------------------------
-    def _admit_error(self, req: Request, params: SamplingParams) -> str | None:
+    def _admit_error(self, req: Request) -> str | None:
         if req.error:
             return req.error
-        for side, ids, limit, name in (("theta", req.ids_theta, self.pair.max_pos_theta, self.pair.name_theta),
-                                       ("t", req.ids_t, self.pair.max_pos_t, self.pair.name_t)):
+        sides = (("theta", req.ids_theta, self.pair.max_pos_theta, self.pair.name_theta, self.limits[0]),
+                 ("t", req.ids_t, self.pair.max_pos_t, self.pair.name_t, self.limits[1]))
+        for side, ids, limit, name, cache in sides:
             if not ids:
                 return f"empty prompt for model_{side}"
             if len(ids) >= limit:
                 return (f"prompt for model_{side} has {len(ids)} tokens; {name} accepts at most "
                         f"{limit} positions (prompt + response): shorten or skip it")
+            if len(ids) >= cache:
+                return (f"prompt for model_{side} has {len(ids)} tokens; the engine's KV cache holds "
+                        f"{cache} positions per row (prompt + response): raise max_model_len= (and "
+                        f"kv_cache_gib= if needed) or lower max_batch_size=")
         return None
 
-    def _start(self, req: Request, slot: int, prefixes: dict, remaining: dict, bufs, need_kv: bool = True) -> Row:
-        """Prefill both sides into `slot` (or copy the group's saved prefill; not even that when
-        no decode step will follow, need_kv=False: one-token requests)."""
-        p = self.pair
-        if req.group in prefixes:
-            kv_theta, kv_t, lg_theta, lg_t = prefixes[req.group]
-            if need_kv:
-                p.runner_theta.load_prefix(slot, kv_theta)
-                p.runner_t.load_prefix(slot, kv_t)
-        else:
-            lg_theta = p.runner_theta.prefill(slot, req.ids_theta)
-            lg_t = p.runner_t.prefill(slot, req.ids_t)
-            if remaining[req.group] > 1:
+    def _prefill(self, new: list[tuple[int, Request]], prefixes: dict, remaining: dict, need_kv: bool):
+        """Prefill the new rows: one packed forward per side over the prompts not yet computed
+        (one per group), then the other samples of a group copy its KV. Returns per-row logits
+        (theta, t), each (len(new), W), and the errors {slot: message} of rows that failed."""
+        p, W = self.pair, self.pair.vocab.logits_width
+        first: dict[int, int] = {}  # group -> slot prefilled in this batch
+        fresh = []
+        for slot, req in new:
+            if req.group not in prefixes and req.group not in first:
+                first[req.group] = slot
+                fresh.append((slot, req))
+        logits, errors = self._packed(fresh)
+        for (slot, req), lg in zip(fresh, logits):
+            if lg is not None and remaining[req.group] > sum(r.group == req.group for _, r in new):
                 prefixes[req.group] = (p.runner_theta.save_prefix(slot, len(req.ids_theta)),
-                                       p.runner_t.save_prefix(slot, len(req.ids_t)), lg_theta, lg_t)
-        remaining[req.group] -= 1
-        if remaining[req.group] == 0:
-            prefixes.pop(req.group, None)
-        W = p.vocab.logits_width
-        bufs[0][slot] = lg_theta[:W]
-        bufs[1][slot] = lg_t[:W]
-        return Row(req=req, pos_theta=len(req.ids_theta), pos_t=len(req.ids_t))
+                                       p.runner_t.save_prefix(slot, len(req.ids_t)), *lg)
+        rows_lg = []
+        for slot, req in new:
+            src = first.get(req.group)
+            if src in errors:
+                errors[slot] = errors[src]
+            elif src == slot:
+                rows_lg.append(logits[[s for s, _ in fresh].index(slot)])
+            elif req.group in prefixes:
+                kv_theta, kv_t, lg_theta, lg_t = prefixes[req.group]
+                if need_kv:
+                    p.runner_theta.load_prefix(slot, kv_theta)
+                    p.runner_t.load_prefix(slot, kv_t)
+                rows_lg.append((lg_theta, lg_t))
+            else:  # a sibling prefilled in this same batch
+                if need_kv:
+                    p.runner_theta.load_prefix(slot, p.runner_theta.save_prefix(src, len(req.ids_theta)))
+                    p.runner_t.load_prefix(slot, p.runner_t.save_prefix(src, len(req.ids_t)))
+                rows_lg.append(logits[[s for s, _ in fresh].index(src)])
+            remaining[req.group] -= 1
+            if remaining[req.group] == 0:
+                prefixes.pop(req.group, None)
+        if not rows_lg:
+            return None, None, errors
+        return (torch.stack([a[:W] for a, _ in rows_lg]), torch.stack([b[:W] for _, b in rows_lg]), errors)
+
+    def _packed(self, fresh: list[tuple[int, Request]]):
+        """[(logits_theta, logits_t) or None per row], {slot: error}. One packed forward per side;
+        if it fails, row by row, so one bad request fails alone."""
+        if not fresh:
+            return [], {}
+        p = self.pair
+        slots = [s for s, _ in fresh]
+        try:
+            a = p.runner_theta.prefill(slots, [r.ids_theta for _, r in fresh])
+            b = p.runner_t.prefill(slots, [r.ids_t for _, r in fresh])
+            return list(zip(a, b)), {}
+        except Exception:  # noqa: BLE001 - find the request that fails, the others go on
+            if len(fresh) == 1:
+                raise
+        out, errors = [], {}
+        for slot, req in fresh:
+            try:
+                out.append((p.runner_theta.prefill([slot], [req.ids_theta])[0],
+                            p.runner_t.prefill([slot], [req.ids_t])[0]))
+            except Exception as e:  # noqa: BLE001 - a request's failure never stops the others
+                out.append(None)
+                errors[slot] = f"{type(e).__name__}: {e}"
+        return out, errors
 
     # ---- stopping ----------------------------------------------------------------------
     def _finish_reason(self, row: Row, tok: int, params: SamplingParams, stop_window: int) -> str | None:
@@ -129,18 +179,20 @@ class Engine:
                 return "stop"
         if len(row.tokens) >= params.max_new_tokens:
             return "length"
-        if row.pos_theta + 1 >= self.pair.max_pos_theta or row.pos_t + 1 >= self.pair.max_pos_t:
-            return "length"  # a model's context is full
+        lim_theta = min(self.pair.max_pos_theta, self.limits[0])
+        lim_t = min(self.pair.max_pos_t, self.limits[1])
+        if row.pos_theta + 1 >= lim_theta or row.pos_t + 1 >= lim_t:
+            return "length"  # a model's context (or the cache) is full
         return None
 
-    def _output(self, row: Row, reason: str, params: SamplingParams) -> SampleOutput:
+    def _output(self, row: Row, reason: str, params: SamplingParams, values) -> SampleOutput:
         req = row.req
         out = SampleOutput(prompt_index=req.prompt_index, sample_index=req.sample_index, key=req.key,
                            token_ids=list(row.tokens), finish_reason=reason,
                            num_prompt_tokens_theta=len(req.ids_theta), num_prompt_tokens_t=len(req.ids_t))
-        cols = list(zip(*row.values)) if row.values else [()] * len(TOKEN_FIELDS)
+        cols = values.t().tolist() if len(row.tokens) else [[] for _ in TOKEN_FIELDS]  # (F, n)
         for name, col in zip(TOKEN_FIELDS, cols):
-            setattr(out, name, list(col))
+            setattr(out, name, col)
         text = self.pair.tokenizer.decode(row.tokens, skip_special_tokens=True)
         if reason == "stop" and params.stop:
             cut = [text.find(s) for s in params.stop if s in text]
@@ -153,89 +205,128 @@ class Engine:
     def run(self, requests: list[Request], params: SamplingParams, progress=None,
             should_stop=None) -> list[SampleOutput]:
         """Outputs in request order; with should_stop, unstarted requests are left out (None)."""
-        results: list[SampleOutput | None] = [None] * len(requests)
-        queue = deque(requests)
-        remaining: dict[int, int] = {}
-        for r in requests:
-            remaining[r.group] = remaining.get(r.group, 0) + 1
-        prefixes: dict = {}
-        n_slots = max(1, min(self.cfg.max_batch_size, len(requests)))
-        budget = params.max_new_tokens + 1
-        self.pair.make_runners(
-            n_slots,
-            min(self.pair.max_pos_theta, max((len(r.ids_theta) for r in requests), default=1) + budget),
-            min(self.pair.max_pos_t, max((len(r.ids_t) for r in requests), default=1) + budget))
-        W = self.pair.vocab.logits_width
-        dt = torch.float32 if self.device.type == "cpu" else self.cfg.torch_dtype
-        bufs = (torch.empty(n_slots, W, dtype=dt, device=self.device),
-                torch.empty(n_slots, W, dtype=dt, device=self.device))
-        free = list(range(n_slots - 1, -1, -1))  # pop() yields the lowest slot
-        active: dict[int, Row] = {}
-        stop_window = 2 + max((len(s) for s in params.stop), default=0)
-        m = self.mixture
-        force_tokens = token_table(self.pair.vocab.special_ids, W, self.device) if m.force_special else None
-        while queue or active:
-            if should_stop is not None and queue and should_stop():
-                queue.clear()  # stop admitting; the running rows finish
-            while free and queue:
-                req = queue.popleft()
-                err = self._admit_error(req, params)
-                if err is None:
-                    slot = free.pop()
-                    try:
-                        active[slot] = self._start(req, slot, prefixes, remaining, bufs,
-                                                   need_kv=params.max_new_tokens > 1)
-                        continue
-                    except Exception as e:  # a request's failure never stops the others
-                        free.append(slot)
-                        err = f"{type(e).__name__}: {e}"
-                else:
-                    remaining[req.group] -= 1
-                results[req.index] = SampleOutput(prompt_index=req.prompt_index, sample_index=req.sample_index,
-                                                  key=req.key, finish_reason="error", error=err)
-                if progress:
-                    progress(results[req.index])
-            if not active:
-                continue
-            slots = sorted(active)
-            rows = torch.tensor(slots, device=self.device)
-            positions = torch.tensor([len(active[s].tokens) for s in slots], device=self.device)
-            st = mix_step(bufs[0][rows], bufs[1][rows], m.alpha_method, alpha=m.alpha, alpha_min=m.alpha_min,
-                          alpha_max=m.alpha_max, vocab_size=self.pair.vocab.vocab_size,
-                          temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                          min_p=params.min_p, seed=params.seed,
-                          keys=torch.tensor([active[s].req.key for s in slots], device=self.device),
-                          positions=positions, support_top_k=m.support_top_k, support_top_p=m.support_top_p,
-                          force=(positions == 0) if m.force_first else None, force_tokens=force_tokens,
-                          backend=self.cfg.kernels_backend, validate=False)
-            tokens = st.tokens.tolist()
-            values = torch.stack([getattr(st, f).float() for f in TOKEN_FIELDS], 1).tolist()
-            going = []
-            for s, tok, vals in zip(slots, tokens, values):
-                row = active[s]
-                row.tokens.append(tok)
-                row.values.append(vals)
-                reason = self._finish_reason(row, tok, params, stop_window)
-                if reason:
-                    results[row.req.index] = self._output(row, reason, params)
-                    del active[s]
-                    free.append(s)
-                    if progress:
-                        progress(results[row.req.index])
-                else:
-                    going.append(s)
-            if going:
-                self._decode(going, active, bufs)
-        return results  # type: ignore[return-value]
+        with torch.inference_mode():
+            return _Run(self, requests, params, progress, should_stop).loop()
 
-    def _decode(self, slots: list[int], active: dict[int, Row], bufs) -> None:
-        dev = self.device
-        rows = torch.tensor(slots, device=dev)
-        toks = torch.tensor([active[s].tokens[-1] for s in slots], device=dev)
-        W = self.pair.vocab.logits_width
-        for side, runner, buf in (("theta", self.pair.runner_theta, bufs[0]), ("t", self.pair.runner_t, bufs[1])):
-            pos = torch.tensor([getattr(active[s], f"pos_{side}") for s in slots], device=dev)
-            buf[rows] = runner.decode(rows, toks, pos)[:, :W].to(buf.dtype)
-        for s in slots:
-            active[s].pos_theta += 1
-            active[s].pos_t += 1
+
+def cache_lengths(pair: Pair, cfg: EngineConfig) -> tuple[int, int]:
+    """Positions per slot of each side's KV cache: the model's context, capped by max_model_len,
+    or else by what kv_cache_gib holds for max_batch_size rows (+ the scratch slot) of both."""
+    from .slot_model import kv_bytes_per_position, unsupported_reason
+
+    lens = [pair.max_pos_theta, pair.max_pos_t]
+    if cfg.max_model_len is not None:
+        return min(lens[0], cfg.max_model_len), min(lens[1], cfg.max_model_len)
+    static = [m for m, n in zip((pair.model_theta, pair.model_t), lens)
+              if not cfg.force_row_model and unsupported_reason(m, n) is None]  # RowModel caches grow
+    if not static:
+        return lens[0], lens[1]
+    if cfg.kv_cache_gib is not None:
+        budget = cfg.kv_cache_gib * 2**30
+    elif cfg.device.startswith("cuda"):
+        budget = torch.cuda.mem_get_info(torch.device(cfg.device))[0] / 2
+    else:
+        budget = 2 * 2**30
+    per_pos = sum(kv_bytes_per_position(m, cfg.torch_dtype) for m in static)
+    cap = int(budget // (per_pos * (cfg.max_batch_size + 1)))
+    if cap < 2:
+        raise ValueError(f"kv_cache_gib={budget / 2**30:.3g} holds {cap} positions per row at "
+                         f"max_batch_size={cfg.max_batch_size}: raise kv_cache_gib= or lower max_batch_size=")
+    return min(lens[0], cap), min(lens[1], cap)
+
+
+class _Run:
+    """One generate call's scheduling state over the engine's stepper."""
+
+    def __init__(self, engine: Engine, requests, params, progress, should_stop):
+        self.e, self.params, self.progress, self.should_stop = engine, params, progress, should_stop
+        self.st = engine.stepper or engine._build()
+        self.st.set_params(params)
+        self.requests = requests
+        self.results: list[SampleOutput | None] = [None] * len(requests)
+        self.queue = deque(requests)
+        self.remaining: dict[int, int] = {}
+        for r in requests:
+            self.remaining[r.group] = self.remaining.get(r.group, 0) + 1
+        self.prefixes: dict = {}
+        self.free = list(range(self.st.n_slots - 1, -1, -1))  # pop() yields the lowest slot
+        self.active: dict[int, Row] = {}
+        self.stop_window = 2 + max((len(s) for s in params.stop), default=0)
+        F = len(TOKEN_FIELDS)
+        self.record = torch.zeros(self.st.n_slots + 1, params.max_new_tokens, F, device=engine.device)
+        self._rows_key, self._rows = None, None
+
+    def _error(self, req: Request, err: str) -> None:
+        self.results[req.index] = SampleOutput(prompt_index=req.prompt_index, sample_index=req.sample_index,
+                                               key=req.key, finish_reason="error", error=err)
+        if self.progress:
+            self.progress(self.results[req.index])
+
+    def _admit(self) -> None:
+        new = []
+        while self.free and self.queue:
+            req = self.queue.popleft()
+            err = self.e._admit_error(req)
+            if err is None:
+                new.append((self.free.pop(), req))
+            else:
+                self.remaining[req.group] -= 1
+                self._error(req, err)
+        if not new:
+            return
+        lg_theta, lg_t, errors = self.e._prefill(new, self.prefixes, self.remaining,
+                                                 need_kv=self.params.max_new_tokens > 1)
+        for slot, req in new:
+            if slot in errors:
+                self.free.append(slot)
+                self._error(req, errors[slot])
+        ok = [(slot, req) for slot, req in new if slot not in errors]
+        if not ok:
+            return
+        dev = self.e.device
+        rows = torch.tensor([s for s, _ in ok], device=dev)
+        self.st.start(rows, [r.key for _, r in ok], [len(r.ids_theta) for _, r in ok],
+                      [len(r.ids_t) for _, r in ok])
+        for slot, req in ok:
+            self.active[slot] = Row(req=req, pos_theta=len(req.ids_theta), pos_t=len(req.ids_t))
+        tokens, vals = self.st.sample(rows, lg_theta, lg_t)
+        self._collect([s for s, _ in ok], rows, tokens, vals, decoded=False)
+
+    def _collect(self, slots: list[int], rows, tokens, vals, decoded: bool) -> None:
+        """Record a step's values on the device, read back its tokens, finish rows that stop."""
+        self.record.index_put_((rows, self.st.n[rows] - 1), vals)
+        for slot, tok in zip(slots, tokens.tolist()):
+            row = self.active[slot]
+            if decoded:
+                row.pos_theta += 1
+                row.pos_t += 1
+            row.tokens.append(tok)
+            reason = self.e._finish_reason(row, tok, self.params, self.stop_window)
+            if reason:
+                out = self.e._output(row, reason, self.params, self.record[slot, :len(row.tokens)])
+                self.results[row.req.index] = out
+                del self.active[slot]
+                self.free.append(slot)
+                if self.progress:
+                    self.progress(out)
+
+    def _decode(self) -> None:
+        slots = sorted(self.active)
+        key = tuple(slots)
+        if key != self._rows_key:  # the rows tensor changes only when the active set does
+            self._rows_key, self._rows = key, torch.tensor(slots, device=self.e.device)
+        spans = (self.st.span(0, max(self.active[s].pos_theta for s in slots)),
+                 self.st.span(1, max(self.active[s].pos_t for s in slots)))
+        tokens, vals = self.st.step(self._rows, spans)
+        self._collect(slots, self._rows, tokens, vals, decoded=True)
+
+    def loop(self) -> list[SampleOutput]:
+        while self.queue or self.active:
+            if self.should_stop is not None and self.queue and self.should_stop():
+                self.queue.clear()  # stop admitting; the running rows finish
+            if self.free and self.queue:
+                self._admit()
+                continue  # rows that finished on their first token free slots for the queue
+            if self.active:
+                self._decode()
+        return self.results  # type: ignore[return-value]

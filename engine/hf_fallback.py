@@ -12,17 +12,22 @@ import torch
 
 
 class RowModel:
+    capturable = False  # one forward per row, driven from Python
+
     def __init__(self, model, n_slots: int, max_len: int):
         self.model = model
         self.max_len = max_len
-        self.caches: list = [None] * n_slots
+        self.caches: list = [None] * (n_slots + 1)  # + the scratch slot, as SlotModel
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def prefill(self, slot: int, ids: list[int]) -> torch.Tensor:  # (W,)
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        self.caches[slot] = out.past_key_values
-        return out.logits[0, -1]
+    def prefill(self, slots: list[int], ids: list[list[int]]) -> torch.Tensor:  # (B, W)
+        outs = []
+        for slot, x in zip(slots, ids):
+            out = self.model(input_ids=torch.tensor([x], device=self.device), use_cache=True)
+            self.caches[slot] = out.past_key_values
+            outs.append(out.logits[0, -1])
+        return torch.stack(outs)
 
     @torch.inference_mode()
     def decode(self, rows: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,

@@ -5,14 +5,18 @@ The HF modules (embeddings, projections, norms, MLP, rotary embedding, lm_head) 
 they are — only attention and the cache are ours — so weights need no conversion and the
 logits equal HF's forward to float rounding (tests compare them). Families whose attention
 is plain RoPE + GQA qualify: llama, qwen2, qwen3, mistral (no sliding window in use).
-Everything else runs on hf_fallback.RowModel. On CUDA the decode step can be captured in a
-CUDA graph per batch bucket (graphs.py).
+Everything else runs on hf_fallback.RowModel. `extend` is the one primitive: packed prefill,
+one-token decode (the CUDA-graph-captured step, graphs.py) and multi-token appends (speculative
+verification, rollback) are all calls of it. Decode attention reads only each row's live KV
+(qstar_kernels.decode_attention: Triton on CUDA).
 Not for: sampling or scheduling (engine/core.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from qstar_kernels.attention import decode_attention
 
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -31,8 +35,20 @@ def unsupported_reason(model, max_len: int) -> str | None:
     return None
 
 
+def kv_bytes_per_position(model, dtype: torch.dtype) -> int:
+    """Bytes one cached position of one slot takes (K and V, every layer)."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
 class SlotModel:
-    """KV cache (layers, slots, kv_heads, max_len, head_dim) per model; rows index slots."""
+    """KV cache (layers, slots + 1, kv_heads, max_len, head_dim) per model; rows index slots.
+
+    The extra last slot (`scratch`) takes the writes of padding: padded tokens of a packed
+    prefill and the padded rows of a CUDA-graph bucket, so they never touch a live slot."""
+
+    capturable = True  # decode has no host sync and no Python branch on tensor values
 
     def __init__(self, model, n_slots: int, max_len: int):
         base = model.model
@@ -42,8 +58,9 @@ class SlotModel:
         self.head_dim = attn.head_dim
         self.scale = attn.scaling
         self.max_len = max_len
+        self.scratch = n_slots
         p = next(model.parameters())
-        shape = (len(base.layers), n_slots, cfg.num_key_value_heads, max_len, self.head_dim)
+        shape = (len(base.layers), n_slots + 1, cfg.num_key_value_heads, max_len, self.head_dim)
         self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
 
@@ -71,48 +88,56 @@ class SlotModel:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.base.norm(x)
 
-    @torch.inference_mode()
-    def prefill(self, slot: int, ids: list[int]) -> torch.Tensor:  # (W,) logits of the last position
-        dev = self.k.device
-        x = self.base.embed_tokens(torch.tensor([ids], device=dev))
-        T = len(ids)
+    def extend(self, rows: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor,
+               lengths: torch.Tensor | None = None, *, fresh: bool = False, last_only: bool = False,
+               span: int | None = None) -> torch.Tensor:
+        """Append tokens (B, T) to slots `rows` (B,) at positions starts[b] + t, t < lengths[b]
+        (default all T; the rest is padding). Returns logits (B, T, W) at every appended
+        position, or (B, W) at each row's last real token when last_only.
+
+        fresh (a Python bool, True only when every start is 0): attention is a causal SDPA over
+        the new tokens (what flash attention takes); otherwise each appended token reads its
+        row's cache up to itself through qstar_kernels.decode_attention (Triton on CUDA: live
+        KV only). span: a bound on starts + T the caller knows (CPU gathers only that much)."""
+        B, T = tokens.shape
+        dev = tokens.device
+        pos = starts[:, None] + torch.arange(T, device=dev)[None, :]  # (B, T)
+        wrows = rows[:, None].expand(B, T)
+        if lengths is not None:  # padding writes land in the scratch slot
+            wrows = torch.where(torch.arange(T, device=dev)[None, :] < lengths[:, None], wrows, self.scratch)
+        wpos = pos.clamp(max=self.max_len - 1)
+        qrows, qlens = rows.repeat_interleave(T), (pos + 1).reshape(-1)
 
         def attend(l, q, k, v):
-            self.k[l, slot, :, :T] = k[0]
-            self.v[l, slot, :, :T] = v[0]
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+            self.k[l, wrows, :, wpos] = k.transpose(1, 2)  # (B, T, Hkv, D)
+            self.v[l, wrows, :, wpos] = v.transpose(1, 2)
+            if fresh:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+            H = q.shape[1]
+            o = decode_attention(q.transpose(1, 2).reshape(B * T, H, self.head_dim), self.k[l], self.v[l],
+                                 qrows, qlens, self.scale, span=span)
+            return o.view(B, T, H, self.head_dim).transpose(1, 2)
 
-        h = self._layers(x, torch.arange(T, device=dev)[None], attend)
-        return self.lm_head(h[:, -1])[0]
+        h = self._layers(self.base.embed_tokens(tokens), pos, attend)
+        if last_only:
+            last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=dev)
+            h = h[torch.arange(B, device=dev), last]
+        return self.lm_head(h)
 
-    @torch.inference_mode()
+    def prefill(self, slots: list[int], ids: list[list[int]]) -> torch.Tensor:  # (B, W)
+        """Packed prefill: every prompt in one forward (right-padded), logits of each last token."""
+        dev = self.k.device
+        T = max(map(len, ids))
+        tokens = torch.tensor([x + [0] * (T - len(x)) for x in ids], device=dev)
+        lengths = torch.tensor([len(x) for x in ids], device=dev)
+        rows = torch.tensor(slots, device=dev)
+        with torch.inference_mode():
+            return self.extend(rows, tokens, torch.zeros_like(rows), lengths, fresh=True, last_only=True)
+
     def decode(self, rows: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
                span: int | None = None) -> torch.Tensor:  # (B, W)
-        """Append `tokens` (B,) at `positions` (B,) of slots `rows` (B,); logits of the next token.
-
-        span: how many cache positions attention reads (default: max position + 1, a host
-        sync; graphs pass max_len so the shapes are static)."""
-        B = rows.shape[0]
-        span = span or int(positions.max()) + 1
-        x = self.base.embed_tokens(tokens[:, None])
-        mask = (torch.arange(span, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
-        lo = int(rows[0]) if span != self.max_len else -1
-        contiguous = lo >= 0 and bool((rows == torch.arange(lo, lo + B, device=rows.device)).all())
-
-        def attend(l, q, k, v):
-            self._write(l, rows, positions, k[:, :, 0], v[:, :, 0])
-            if contiguous:
-                K, V = self.k[l, lo:lo + B, :, :span], self.v[l, lo:lo + B, :, :span]
-            else:
-                K, V = self.k[l, rows, :, :span], self.v[l, rows, :, :span]
-            return F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=self.scale, enable_gqa=True)
-
-        h = self._layers(x, positions[:, None], attend)
-        return self.lm_head(h[:, 0])
-
-    def _write(self, l, rows, positions, k, v):  # k, v: (B, Hkv, D)
-        self.k[l, rows, :, positions] = k
-        self.v[l, rows, :, positions] = v
+        """Append `tokens` (B,) at `positions` (B,) of slots `rows` (B,); logits of the next token."""
+        return self.extend(rows, tokens[:, None], positions, span=span)[:, 0]
 
     def save_prefix(self, slot: int, length: int):
         return self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone()

@@ -230,3 +230,27 @@ def test_bad_controls_name_the_value(models, kw, msg):
 def test_more_bad_controls(models, kw, msg):
     with pytest.raises(ValueError, match=msg):
         make(models, **kw)
+
+
+def test_second_generate_reuses_the_runners_and_caches(models):
+    qm = make(models, alpha_method="kl_symmetry", max_batch_size=2)
+    first = qm.generate(PROMPTS, max_new_tokens=6, seed=4, ignore_eos=True)
+    stepper, runners, cache = qm.engine.stepper, qm.engine.stepper.runners, qm.pair.runner_theta.k
+    again = qm.generate(PROMPTS, max_new_tokens=6, seed=4, ignore_eos=True)
+    assert qm.engine.stepper is stepper and qm.engine.stepper.runners == runners
+    assert qm.pair.runner_theta.k.data_ptr() == cache.data_ptr()  # no new cache, no rebuild
+    assert [o.token_ids for o in again] == [o.token_ids for o in first]
+    assert qm.engine.cuda_graphs == "off (cpu)"
+
+
+def test_max_model_len_sizes_the_cache_once_and_refuses_what_cannot_fit(models):
+    qm = make(models, alpha_method="fixed", alpha=1.0, max_model_len=40)
+    assert qm.engine_cfg.max_model_len == 40
+    long_prompt = " ".join(["the quick brown fox"] * 3)  # ~70 tokens: fits both models, not the cache
+    outs = qm.generate([PROMPTS[1], long_prompt], max_new_tokens=40, ignore_eos=True)
+    assert qm.pair.runner_theta.k.shape[3] == 40 and qm.engine.limits == (40, 40)
+    assert outs[0].finish_reason == "length" and len(outs[0].token_ids) + len(chat_ids(PROMPTS[1])) == 40
+    assert outs[1].finish_reason == "error" and "KV cache holds 40 positions" in outs[1].error
+    assert "max_model_len=" in outs[1].error
+    with pytest.raises(ValueError, match="max_model_len must be an int >= 2"):
+        make(models, max_model_len=0)
