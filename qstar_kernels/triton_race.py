@@ -29,7 +29,7 @@ from .triton_step import _chunk_vec, _factors, _load2, _lse_step, _mix_logit
 
 NPIV = 32     # thresholds per count pass
 CAP = 2048    # candidates the select program sorts
-BIG = 2**40   # "no id cut"
+BIG = tl.constexpr(2**40)   # "no id cut"
 
 
 @triton.jit

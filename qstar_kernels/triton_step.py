@@ -29,7 +29,8 @@ from .types import METHODS
 
 NEWTON_LAUNCHES = 8   # split Newton evaluations launched per step; later ones run per row
 NMODEL, NMOM, NSTATE, NSTATS = 14, 6, 8, 18  # partial / state record widths (floats)
-KL_ZERO = 7.62939453125e-06  # 64 * 2^-23, as ref_solve.KL_ZERO for fp32
+KL_ZERO = tl.constexpr(7.62939453125e-06)  # 64 * 2^-23, as ref_solve.KL_ZERO for fp32
+PASS_WARPS = 8  # the full-row passes keep ~15 (BLOCK,) fp32 accumulators: 8 warps, no spills
 
 
 def layout(V: int) -> tuple[int, int, int]:
@@ -520,19 +521,19 @@ def step_triton(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, voc
     state = torch.empty((2, B, NSTATE), dtype=f32, device=dev)
     fin = torch.empty((B, 6), dtype=f32, device=dev)
     out = torch.empty((15, B), dtype=f32, device=dev)
-    launch(_model_part, g2, *rows, part, V, NS, CHUNK=CHUNK, BLOCK=BLOCK)
+    launch(_model_part, g2, *rows, part, V, NS, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=PASS_WARPS)
     launch(_model_reduce, g1, part, rowc, state[0], NS, NSP=NSP)
     n = NEWTON_LAUNCHES if method in ("kl_symmetry", "ess_balance") else 0
     mom = torch.empty((2, B, NS, 7), dtype=f32, device=dev) if n else state
     for i in range(n):
         launch(_newton_part, g2, *rows, rowc, state[i % 2], mom[i % 2], state[1 - i % 2], mom[1 - i % 2],
-               V, NS, tol, MAX_ITERS, meth, CHUNK=CHUNK, BLOCK=BLOCK, NSP=NSP)
+               V, NS, tol, MAX_ITERS, meth, CHUNK=CHUNK, BLOCK=BLOCK, NSP=NSP, num_warps=PASS_WARPS)
     a32 = alpha.to(f32).contiguous()
     force_arg = a32 if force is None else force.to(torch.int8).contiguous()  # (unread when None)
     launch(_solve_finish, g1, *rows, rowc, state[n % 2], mom[n % 2], a32, force_arg, fin, V, NS, meth,
            int(force is not None), float(alpha_min), float(alpha_max), tol, MAX_ITERS,
-           CHUNK=CHUNK, BLOCK=BLOCK, NSP=NSP)
-    launch(_stats_part, g2, *rows, rowc, fin, part, V, NS, meth, CHUNK=CHUNK, BLOCK=BLOCK)
+           CHUNK=CHUNK, BLOCK=BLOCK, NSP=NSP, num_warps=PASS_WARPS)
+    launch(_stats_part, g2, *rows, rowc, fin, part, V, NS, meth, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=PASS_WARPS)
     launch(_stats_reduce, g1, part, rowc, fin, out, B, NS, meth, NSP=NSP)
     temp, topp, minp = (t.to(f32).contiguous() for t in (temperature, top_p, min_p))
     topk, seeds, keys, positions = (t.to(i64).contiguous() for t in (top_k, seeds, keys, positions))
@@ -543,21 +544,21 @@ def step_triton(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, voc
     mass = torch.empty((B, NS, R.NPIV), dtype=f32, device=dev) if may_truncate else offsets
     if may_truncate:
         launch(R._trunc_count, g2, *rows, rowc, *params, cnt, mass, B, V, NS, CHUNK=CHUNK, TB=min(BLOCK, 128) if BLOCK <= 1024 else BLOCK,
-               NP=R.NPIV)
+               NP=R.NPIV, num_warps=PASS_WARPS)
     launch(R._trunc_plan, g1, *params, cnt, mass, plan, offsets, B, NS, NP=R.NPIV, NSP=NSP, CAP_=R.CAP)
     if may_truncate:
         cand_s = torch.empty((B, R.CAP), dtype=f32, device=dev)
         cand_id = torch.empty((B, R.CAP), dtype=torch.int32, device=dev)
         launch(R._trunc_gather, g2, *rows, rowc, out, temp, plan, offsets, cand_s, cand_id, B, V, NS,
-               CHUNK=CHUNK, BLOCK=BLOCK, CAP_=R.CAP)
-        launch(R._trunc_select, g1, *params, plan, cand_s, cand_id, B, CAP_=R.CAP, NP=R.NPIV, TI=64)
-        launch(R._trunc_fallback, g1, *rows, rowc, *params, plan, B, V, BLOCK=BLOCK)
+               CHUNK=CHUNK, BLOCK=BLOCK, CAP_=R.CAP, num_warps=PASS_WARPS)
+        launch(R._trunc_select, g1, *params, plan, cand_s, cand_id, B, CAP_=R.CAP, NP=R.NPIV, TI=64, num_warps=PASS_WARPS)
+        launch(R._trunc_fallback, g1, *rows, rowc, *params, plan, B, V, BLOCK=BLOCK, num_warps=PASS_WARPS)
     race = torch.empty((B, NS, 7), dtype=f32, device=dev)
     race_id = torch.empty((B, NS), dtype=i64, device=dev)
     tokens = torch.empty(B, dtype=i64, device=dev)
     passes = torch.empty(B, dtype=torch.int32, device=dev)
     launch(R._race_part, g2, *rows, rowc, out, temp, seeds, keys, positions, plan, race, race_id, B, V, NS,
-           R.GUMBEL_SPAN, CHUNK=CHUNK, BLOCK=BLOCK)
+           R.GUMBEL_SPAN, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=PASS_WARPS)
     launch(R._race_reduce, g1, race, race_id, out, tokens, temp, plan, fin, passes, B, NS, int(may_truncate),
            NSP=NSP)
     o = out.unbind(0)
