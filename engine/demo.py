@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--output-dir", default="demo-output", help="where everything is written")
     ap.add_argument("--num-problems", type=int, default=12, help="gsm_symbolic problems to generate")
     ap.add_argument("--n", type=int, default=1, help="samples per problem and sampler")
-    ap.add_argument("--max-new-tokens", type=int, default=64, help="response tokens at most")
+    ap.add_argument("--max-new-tokens", type=int, default=48,
+                    help="response tokens at most (steps, not rows, set the time on CPU)")
     ap.add_argument("--seed", type=int, default=0, help="problem and sampling seed")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the demo must fit 2 shared cores)")
     ap.add_argument("--overwrite", action="store_true", help="start the runs over (default: resume them)")
