@@ -18,9 +18,9 @@ def test_demo_small(tmp_path, capsys):
     alphas = [a for r in recs for a in r["alpha"]]
     assert len(set(alphas)) > 1 and all(0 <= a <= 1 for a in alphas)  # alpha moves with the hint
     assert all(r["prompt_t"].startswith(r["messages"][0]["content"]) and "Final answer:" in r["prompt_t"] for r in recs)
-    # pi_theta alone samples pi_theta exactly: every weight is 1, the behaviour is pi_theta
+    # pi_theta alone samples pi_theta: every weight is 1 (fp32 rounding aside)
     theta = [json.loads(x) for x in (out / "pi_theta.jsonl").read_text().splitlines()]
-    assert all(a == 1.0 for r in theta for a in r["alpha"]) and all(r["seq_logw_theta"] == 0 for r in theta)
+    assert all(a == 1.0 for r in theta for a in r["alpha"]) and all(abs(r["seq_logw_theta"]) < 1e-5 for r in theta)
     assert all(a == 0.0 for x in (out / "pi_t.jsonl").read_text().splitlines() for a in json.loads(x)["alpha"])
     table = json.loads((out / "comparison.json").read_text())
     assert list(table) == ["kl_symmetry", "pi_theta", "pi_t"]
