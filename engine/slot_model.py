@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from qstar_kernels.attention import decode_attention
 
+from . import cpu_linear
+
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -32,7 +34,14 @@ def unsupported_reason(model, max_len: int) -> str | None:
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "rotary_emb") or not hasattr(base, "layers"):
         return "unexpected module layout"
+    mlp = base.layers[0].mlp
+    if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return "unexpected MLP layout"
     return None
+
+
+def _call(mod, x):
+    return mod(x)
 
 
 def kv_bytes_per_position(model, dtype: torch.dtype) -> int:
@@ -50,7 +59,7 @@ class SlotModel:
 
     capturable = True  # decode has no host sync and no Python branch on tensor values
 
-    def __init__(self, model, n_slots: int, max_len: int):
+    def __init__(self, model, n_slots: int, max_len: int, packed_linears: bool = False):
         base = model.model
         self.model, self.base, self.lm_head = model, base, model.get_output_embeddings()
         attn = base.layers[0].self_attn
@@ -63,17 +72,20 @@ class SlotModel:
         shape = (len(base.layers), n_slots + 1, cfg.num_key_value_heads, max_len, self.head_dim)
         self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.lin = _call
+        if packed_linears and p.device.type == "cpu" and p.dtype == torch.float32 and cpu_linear.available():
+            self.lin = cpu_linear.PackedLinears(n_slots)
 
     def _qkv(self, attn, x, cos, sin):
         """q (B, H, T, D), k and v (B, Hkv, T, D) with RoPE applied (and qwen3's head norms)."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         B, T, _ = x.shape
-        q = attn.q_proj(x).view(B, T, -1, self.head_dim)
-        k = attn.k_proj(x).view(B, T, -1, self.head_dim)
+        q = self.lin(attn.q_proj, x).view(B, T, -1, self.head_dim)
+        k = self.lin(attn.k_proj, x).view(B, T, -1, self.head_dim)
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
-        v = attn.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.lin(attn.v_proj, x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         return q, k, v
 
@@ -84,9 +96,13 @@ class SlotModel:
             h = layer.input_layernorm(x)
             q, k, v = self._qkv(layer.self_attn, h, cos, sin)
             o = attend(l, q, k, v)  # (B, H, T, D)
-            x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self.lin(layer.self_attn.o_proj, o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
         return self.base.norm(x)
+
+    def _mlp(self, mlp, x):
+        """The gated MLP of these families (LlamaMLP's forward) on self.lin."""
+        return self.lin(mlp.down_proj, mlp.act_fn(self.lin(mlp.gate_proj, x)) * self.lin(mlp.up_proj, x))
 
     def extend(self, rows: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor,
                lengths: torch.Tensor | None = None, *, fresh: bool = False, last_only: bool = False,
@@ -122,7 +138,7 @@ class SlotModel:
         if last_only:
             last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=dev)
             h = h[torch.arange(B, device=dev), last]
-        return self.lm_head(h)
+        return self.lin(self.lm_head, h)
 
     def prefill(self, slots: list[int], ids: list[list[int]]) -> torch.Tensor:  # (B, W)
         """Packed prefill: every prompt in one forward (right-padded), logits of each last token."""

@@ -23,13 +23,13 @@ from .outputs import TOKEN_FIELDS
 SPAN_ROUND = 64  # CPU attention gathers a multiple of this many positions (fewer recompiles)
 
 
-def make_runner(model, n_slots: int, max_len: int, force_row_model: bool):
+def make_runner(model, n_slots: int, max_len: int, force_row_model: bool, packed: bool):
     from .hf_fallback import RowModel
     from .slot_model import SlotModel, unsupported_reason
 
     if force_row_model or unsupported_reason(model, max_len) is not None:
         return RowModel(model, n_slots, max_len)
-    return SlotModel(model, n_slots, max_len)
+    return SlotModel(model, n_slots, max_len, packed_linears=packed)
 
 
 class Stepper:
@@ -40,8 +40,9 @@ class Stepper:
         self.pair, self.cfg, self.mixture = pair, cfg, mixture
         dev = self.device = torch.device(cfg.device)
         self.n_slots, self.scratch = n_slots, n_slots
-        self.runners = (make_runner(pair.model_theta, n_slots, len_theta, cfg.force_row_model),
-                        make_runner(pair.model_t, n_slots, len_t, cfg.force_row_model))
+        packed = not cfg.compile  # eager CPU: oneDNN-packed linears (cpu_linear.py); inductor packs its own
+        self.runners = (make_runner(pair.model_theta, n_slots, len_theta, cfg.force_row_model, packed),
+                        make_runner(pair.model_t, n_slots, len_t, cfg.force_row_model, packed))
         self.max_len = (len_theta, len_t)
         S = n_slots + 1
 

@@ -11,6 +11,8 @@ to no OpenMP and then to no -march=native; the .so lives in `$QSTAR_CACHE_DIR` (
 ~/.cache/qstar) under a name hashing source, flags, compiler version and CPU, and is written to a
 temp file then renamed, so concurrent processes never load a half-written library.
 Threads: rows run in parallel on `torch.get_num_threads()` threads.
+The call is registered as the torch.library custom op `qstar::step_cpu` (with a fake for its
+output shapes), so torch.compile(fullgraph=True) of a decode step treats it as one opaque node.
 Not for: `mix` / `sample` alone (they have no C path) or GPU tensors.
 """
 from __future__ import annotations
@@ -163,7 +165,43 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 def step_cpu(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_size,
              temperature, top_k, top_p, min_p, seeds, keys, positions, *, force=None, lib=None) -> Step:
     """The fused step on CPU (arguments already validated; all per-row values are (B,) tensors).
-    force: (B,) bool or None; forced rows are method "fixed" at a = 0 with no clamps."""
+    force: (B,) bool or None; forced rows are method "fixed" at a = 0 with no clamps.
+    Runs as the custom op torch.ops.qstar.step_cpu (opaque to torch.compile) unless `lib` names
+    a specific build."""
+    vocab = logits_theta.shape[1] if vocab_size is None else int(vocab_size)
+    args = (logits_theta, logits_t, method, alpha, float(alpha_min), float(alpha_max), vocab, temperature,
+            top_k, top_p, min_p, seeds, keys, positions, force)
+    tokens, out, iters, clamped = _run(lib, *args) if lib is not None else torch.ops.qstar.step_cpu(*args)
+    o = out.unbind(0)
+    return Step(tokens=tokens, logp_theta=o[0], logp_t=o[1], logq=o[2], logp_behavior=o[3],
+                alpha=o[4], log_z=o[5], kl_theta=o[6], kl_t=o[7], ess_theta=o[8], ess_t=o[9],
+                entropy_theta=o[10], entropy_t=o[11], entropy_q=o[12], iters=iters,
+                residual=o[13], clamped=clamped)
+
+
+@torch.library.custom_op("qstar::step_cpu", mutates_args=())
+def _step_op(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str, alpha: torch.Tensor,
+             alpha_min: float, alpha_max: float, vocab: int, temperature: torch.Tensor, top_k: torch.Tensor,
+             top_p: torch.Tensor, min_p: torch.Tensor, seeds: torch.Tensor, keys: torch.Tensor,
+             positions: torch.Tensor, force: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """tokens (B,) int64, out (NOUT, B) fp32, iters (B,) int32, clamped (B,) bool."""
+    return _run(None, logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab, temperature, top_k,
+                top_p, min_p, seeds, keys, positions, force)
+
+
+@_step_op.register_fake
+def _step_shapes(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab, temperature, top_k,
+                 top_p, min_p, seeds, keys, positions, force):
+    B = logits_theta.shape[0]
+    new = logits_theta.new_empty
+    return (new(B, dtype=torch.int64), new((NOUT, B), dtype=torch.float32), new(B, dtype=torch.int32),
+            new(B, dtype=torch.bool))
+
+
+def _run(lib, logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab, temperature, top_k, top_p,
+         min_p, seeds, keys, positions, force):
+    """The ctypes call: fresh output tensors, nothing aliased to the inputs."""
     lib = lib or _lib()
     B, V = logits_theta.shape
     xp, xt = logits_theta, logits_t
@@ -173,7 +211,6 @@ def step_cpu(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_
         xt = _f32(xt)
     if xt.stride(0) != xp.stride(0):
         xp, xt = xp.contiguous(), xt.contiguous()
-    vocab = V if vocab_size is None else int(vocab_size)
     alpha, temperature, top_p, min_p = (_f32(t) for t in (alpha, temperature, top_p, min_p))
     top_k, seeds, keys, positions = (t.to(torch.int64).contiguous()
                                      for t in (top_k, seeds, keys, positions))
@@ -191,8 +228,4 @@ def step_cpu(logits_theta, logits_t, method, alpha, alpha_min, alpha_max, vocab_
                          None if force_u8 is None else force_u8.data_ptr(), torch.get_num_threads())
     if err:
         raise MemoryError("qstar CPU step: out of memory for the per-thread scratch buffers")
-    o = out.unbind(0)
-    return Step(tokens=tokens, logp_theta=o[0], logp_t=o[1], logq=o[2], logp_behavior=o[3],
-                alpha=o[4], log_z=o[5], kl_theta=o[6], kl_t=o[7], ess_theta=o[8], ess_t=o[9],
-                entropy_theta=o[10], entropy_t=o[11], entropy_q=o[12], iters=iters,
-                residual=o[13], clamped=clamped)
+    return tokens, out, iters, clamped
