@@ -189,9 +189,10 @@ def accuracy_chart(rows: list[dict]) -> bytes | None:
     if direct:
         ax.axhline(direct["accuracy"], color="#c44e52", ls="--", lw=1.2,
                    label=f"π_θ measured directly ({direct['accuracy']:.2f})")
-    ticks = [f"{r['name']}\n{r['sampler'][:28]}\nn {r['n_graded']}, seq ESS {_ess(r['seq_ess'])}" for r in rows]
+    ticks = [(r["name"] if r["sampler"] == r["name"] else f"{r['name']}\n{r['sampler'][:28]}")
+             + f"\nn {r['n_graded']}, seq ESS {_ess(r['seq_ess'])}" for r in rows]
     ax.set_xticks(range(len(rows)), ticks, fontsize=8)
-    ax.set(ylim=(0, 1.12), ylabel="accuracy (95 % interval)",
+    ax.set(ylim=(-0.03, 1.12), ylabel="accuracy (95 % interval)",  # below 0: a line at 0 stays visible
            title="answer accuracy by sampler, and π_θ's accuracy recovered by importance weights")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: bars reach the top
     return _png(fig)
