@@ -198,6 +198,8 @@ def render(*, name: str, summary: stats.RunSummary, records: list[dict], pngs: d
         f"<section id='comparison'><h2>Comparison: {len(comparison)} run(s)</h2>{comparison_html(comparison, chart)}"
         + (f"<p class='note'>Below: the first run, {e(name)}, in detail.</p>" if len(comparison) > 1 else "")
         + "</section>")
+    cmp_link = '<a href="#comparison">comparison</a> ' if comparison else ""
+    config_of = f" — {e(name)}" if comparison and len(comparison) > 1 else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qstar report: {e(name)}</title>
 <style>{CSS}</style></head>
@@ -205,10 +207,10 @@ def render(*, name: str, summary: stats.RunSummary, records: list[dict], pngs: d
 <header><h1>qstar report — {e(name)}</h1>
 <p><span id="sample-count">{len(recs)}</span> samples · method {e(summary.alpha_method)} ·
 alpha is the weight on π_θ (q ∝ π_θ<sup>α</sup>·π_t<sup>1−α</sup>)</p>
-<nav>{'<a href="#comparison">comparison</a> ' if comparison else ''}<a href="#config">config</a> <a href="#summary">summary</a> <a href="#samples">samples</a>
+<nav>{cmp_link}<a href="#config">config</a> <a href="#summary">summary</a> <a href="#samples">samples</a>
 <a href="#plots">plots</a></nav></header>
 {cmp_section}
-<section id="config"><h2>Run config{' — ' + e(name) if comparison and len(comparison) > 1 else ''}</h2>{config_html(manifest, manifest_path)}</section>
+<section id="config"><h2>Run config{config_of}</h2>{config_html(manifest, manifest_path)}</section>
 <section id="summary"><h2>Summary</h2>{summary_html(summary)}</section>
 <section id="samples"><h2>Samples</h2>{more}
 <div class="controls"><button id="prev" type="button">◀</button><select id="sample-select"></select>
@@ -342,8 +344,8 @@ JS = r"""
     var s = data.samples[idx], m = METRICS[by.value];
     var meta = "sample " + s.key + " · id " + JSON.stringify(s.sample_id) + " · " + s.num_tokens +
       " tokens · finish " +
-      s.finish_reason + " · mean alpha " + fmt(s.means.alpha_mean) + " · seq log w_θ " + fmt(s.means.seq_logw_theta) +
-      (s.answer ? " · answer " + (s.answer.answer === null ? "(none found)" : s.answer.answer) + " vs reference " +
+      s.finish_reason + " · mean alpha " + fmt(s.means.alpha_mean) + " · seq log w_θ " +
+      fmt(s.means.seq_logw_theta) + (s.answer ? " · answer " + (s.answer.answer === null ? "(none found)" : s.answer.answer) + " vs reference " +
         JSON.stringify(s.answer.reference) + (s.answer.reward >= 1 ? " ✓" : " ✗") : "");
     document.getElementById("sample-meta").textContent = meta;
     renderPrompt(s);

@@ -91,5 +91,6 @@ def format_answer_comparison(rows: list[dict]) -> str:
         out.append(f"{r['name'][:15]:<16}{r['sampler'][:25]:<26}{_f(r['n_graded'], 'd'):>5}"
                    f"{_pct(r['accuracy']):>10}{_f(r['theta_accuracy_is'], '.3f'):>11}"
                    f"{_f(r['theta_accuracy_snis'], '.3f'):>8}{_f(r['seq_ess'], '.2f'):>8}"
-                   f"{_f(r['alpha_mean'], '.3f'):>7}{_f(r['kl_theta_mean'], '.4f'):>8}{_f(r['tokens_per_s'], '.1f'):>8}")
+                   f"{_f(r['alpha_mean'], '.3f'):>7}{_f(r['kl_theta_mean'], '.4f'):>8}"
+                   f"{_f(r['tokens_per_s'], '.1f'):>8}")
     return "\n".join(out)
