@@ -345,8 +345,11 @@ JS = r"""
     var meta = "sample " + s.key + " · id " + JSON.stringify(s.sample_id) + " · " + s.num_tokens +
       " tokens · finish " +
       s.finish_reason + " · mean alpha " + fmt(s.means.alpha_mean) + " · seq log w_θ " +
-      fmt(s.means.seq_logw_theta) + (s.answer ? " · answer " + (s.answer.answer === null ? "(none found)" : s.answer.answer) + " vs reference " +
-        JSON.stringify(s.answer.reference) + (s.answer.reward >= 1 ? " ✓" : " ✗") : "");
+      fmt(s.means.seq_logw_theta);
+    if (s.answer) {  // the answer step: what the rule read, the reference, right or wrong
+      meta += " · answer " + (s.answer.answer === null ? "(none found)" : s.answer.answer) + " vs reference " +
+        JSON.stringify(s.answer.reference) + (s.answer.reward >= 1 ? " ✓" : " ✗");
+    }
     document.getElementById("sample-meta").textContent = meta;
     renderPrompt(s);
     box.innerHTML = "";
