@@ -65,10 +65,10 @@ SAMPLERS = (("kl_symmetry", dict(alpha_method="kl_symmetry"), "q (kl_symmetry)")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="qstar demo", description=__doc__.splitlines()[0])
     ap.add_argument("--output-dir", default="demo-output", help="where everything is written")
-    ap.add_argument("--num-problems", type=int, default=12, help="gsm_symbolic problems to generate")
+    ap.add_argument("--num-problems", type=int, default=8, help="gsm_symbolic problems to generate")
     ap.add_argument("--n", type=int, default=1, help="samples per problem and sampler")
     ap.add_argument("--max-new-tokens", type=int, default=48,
-                    help="response tokens at most (steps, not rows, set the time on CPU)")
+                    help="response tokens at most (with the problems, this sets the CPU time)")
     ap.add_argument("--seed", type=int, default=0, help="problem and sampling seed")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the demo must fit 2 shared cores)")
     ap.add_argument("--overwrite", action="store_true", help="start the runs over (default: resume them)")
@@ -110,7 +110,8 @@ def _generate(run: Path, model_dir: Path, problems: Path, args, overrides: dict)
                          output=str(run), theta_template="{question}", t_template=T_TEMPLATE,
                          max_new_tokens=args.max_new_tokens, seed=args.seed, n=args.n, temperature=1.0,
                          threads=args.threads, save_token_stats=True, overwrite=args.overwrite, quiet=True,
-                         # every row in one batch: on CPU a decode step costs about the same at 12 or 24 rows
+                         # every row in one batch: on CPU a decode step costs about the same at 12 or 24 rows;
+                         # what rows cost is prefill (pi_t's prompt carries the solution, ~250 tokens)
                          batch_size=args.num_problems * args.n, **overrides)
     before = _tokens(run) if run.exists() and not args.overwrite else 0
     t1 = time.perf_counter()
