@@ -31,6 +31,7 @@ pinned to trl==1.16.0 (docs/guide.md, "Train with TRL").
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -80,6 +81,17 @@ def _refuse(args, kwargs: dict) -> None:
                             "not supported)")
     if problems:
         raise ValueError("QStarGRPOTrainer cannot honour: " + "; ".join(problems))
+
+
+def _warn_padded(sampler) -> None:
+    vocab = sampler.pair.vocab
+    rows = getattr(getattr(sampler.pair, "model_theta", None), "get_output_embeddings", lambda: None)()
+    rows = rows.weight.shape[0] if rows is not None else vocab.logits_width
+    if rows > vocab.vocab_size:
+        warnings.warn(f"pi_theta has {rows - vocab.vocab_size} padded logit rows beyond the tokenizer's "
+                      f"{vocab.vocab_size}: qstar never samples them, TRL normalises over them, so each "
+                      "token's IS log-ratio carries log(1 - padded mass) (docs/guide.md, Train with TRL)",
+                      stacklevel=3)
 
 
 class PolicySync:
@@ -146,6 +158,7 @@ class QStarGRPOTrainer(GRPOTrainer):
         self.use_vllm, self.vllm_mode, self._last_loaded_step = True, "qstar", -1
         self.vllm_generation = PolicySync(self, sampler)
         self.vllm_generation.push()  # a model that does not fit the sampler fails here, not mid-step
+        _warn_padded(sampler)
 
     @property
     def sync_calls(self) -> int:
