@@ -152,8 +152,11 @@ def step(logits_theta: torch.Tensor, logits_t: torch.Tensor, method: str = "kl_s
         m = _mix(chosen, xp, xt, method_, a_, alpha_min, alpha_max, vocab_size, force_)
         return Step.from_parts(m, _sample(m.logq, args, chosen))
 
-    return controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
-                          support_top_p, force, force_tokens, per_token=True)
+    out = controls.apply(core, logits_theta, logits_t, method, a, vocab_size, support_top_k,
+                         support_top_p, force, force_tokens, per_token=True)
+    if out.passes is None:  # counted by the fused Triton step only
+        out.passes = torch.full_like(out.iters, -1)
+    return out
 
 
 def _may_truncate(temperature, top_k, top_p) -> bool:

@@ -87,7 +87,7 @@ class Step:
     residual: torch.Tensor
     clamped: torch.Tensor
     forced: torch.Tensor | None = None
-    passes: torch.Tensor | None = None  # (B,) int32, full reads of both logit rows (fused Triton step only)
+    passes: torch.Tensor | None = None  # (B,) int32: full reads of both logit rows (fused Triton step; -1 elsewhere)
 
     @staticmethod
     def from_parts(m: Mixture, s: Sampled) -> "Step":
