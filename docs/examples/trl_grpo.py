@@ -33,12 +33,14 @@ QUESTIONS = [("what is two plus two?", "two plus two is four."),
              ("add the numbers and divide by three.", "add the numbers, then divide by three.")]
 
 
-def dataset():
+def dataset(teacher_context: bool = True):
+    """Rows: prompt (pi_theta's view), prompt_t (pi_t's: plus a reference solution), answer."""
     from datasets import Dataset
 
-    rows = [{"prompt": [{"role": "user", "content": q}],
-             "prompt_t": [{"role": "user", "content": f"{q}\nreference solution: {a}"}],
-             "answer": a} for q, a in QUESTIONS]
+    rows = [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in QUESTIONS]
+    if teacher_context:  # the vllm backend runs both models on one prompt: no prompt_t there
+        for row, (q, a) in zip(rows, QUESTIONS):
+            row["prompt_t"] = [{"role": "user", "content": f"{q}\nreference solution: {a}"}]
     return Dataset.from_list(rows)
 
 
@@ -72,7 +74,7 @@ def trainer_logps(model, prompt_ids: list[int], tokens: list[int]):
     return torch.log_softmax(logits, -1)[torch.arange(len(tokens)), torch.tensor(tokens)]
 
 
-def make_trainer(args, report: Report):
+def make_trainer(args, report: Report, sampler=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -107,8 +109,9 @@ def make_trainer(args, report: Report):
 
     tok = AutoTokenizer.from_pretrained(args.model_theta)
     model = AutoModelForCausalLM.from_pretrained(args.model_theta, dtype="float32")
-    sampler = create_optimal_sampling_model(args.model_theta, args.model_t, args.alpha_method, args.alpha,
-                                            device="cpu", dtype="float32")
+    if sampler is None:
+        sampler = create_optimal_sampling_model(args.model_theta, args.model_t, args.alpha_method, args.alpha,
+                                                device="cpu", dtype="float32", backend=args.backend)
     cfg = QStarGRPOConfig(output_dir=tempfile.mkdtemp(prefix="qstar-trl-"), max_steps=args.steps,
                           num_generations=args.num_generations,
                           per_device_train_batch_size=args.num_generations * args.prompts_per_step,
@@ -116,11 +119,12 @@ def make_trainer(args, report: Report):
                           temperature=1.0, beta=0.0, logging_steps=1, bf16=False, use_cpu=True,
                           report_to="none", save_strategy="no", seed=args.seed, disable_tqdm=True,
                           remove_unused_columns=False, dataloader_num_workers=0)
-    return Probe(model=model, reward_funcs=[make_reward(tok, report)], args=cfg, train_dataset=dataset(),
+    return Probe(model=model, reward_funcs=[make_reward(tok, report)], args=cfg, train_dataset=dataset(args.backend == "hf"),
                  processing_class=tok, sampler=sampler, callbacks=[Logs()])
 
 
-def main(argv=None) -> dict:
+def main(argv=None, sampler=None) -> dict:
+    """Run and report; `sampler` (tests): an already-started qstar model to train against."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model-theta", required=True)
     p.add_argument("--model-t", required=True)
@@ -132,6 +136,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-completion-length", type=int, default=12)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="vllm: both models in one vLLM engine (pi_t then sees the policy's prompt)")
     args = p.parse_args(argv)
 
     import os
@@ -139,13 +145,13 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func's experimental-API warning
     t0 = time.perf_counter()
     report = Report()
-    trainer = make_trainer(args, report)
+    trainer = make_trainer(args, report, sampler)
     trainer.train()
     key = "sampling/sampling_logp_difference/max"
     per_step = [log[key] for log in report.logs if key in log]
     moved = float((report.fixed_logps[-1] - report.fixed_logps[0]).abs().max()) if report.fixed_logps else 0.0
     result = {"steps": trainer.state.global_step, "sync_calls": trainer.sync_calls,
-              "rollout_rounds": trainer.rollout_rounds, "alpha_method": args.alpha_method, "alpha": args.alpha,
+              "rollout_rounds": trainer.rollout_rounds, "alpha_method": trainer.sampler.mixture.alpha_method, "alpha": trainer.sampler.mixture.alpha,
               "is_log_ratio_abs_max": max(per_step) if per_step else None, "is_log_ratio_per_step": per_step,
               "sampling_metrics_logged": bool(per_step) and "sampling/importance_sampling_ratio/mean" in report.logs[-1],
               "policy_logp_moved": moved, "logp_theta_vs_trainer_max": max(report.sync_diffs, default=None),

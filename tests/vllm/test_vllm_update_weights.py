@@ -59,3 +59,29 @@ def test_update_refuses_another_model(engine_a, pair_a):
     t_weights = load_file(next(iter(__import__("glob").glob(f"{pair_a[1]}/*.safetensors"))))
     with pytest.raises(WeightsError, match="model_theta"):
         engine_a.update_policy_weights(t_weights)  # pi_t's qwen2 weights: other names and shapes
+
+
+def test_trl_grpo_on_vllm(engine_a, pair_a):
+    """docs/examples/trl_grpo.py on the vllm backend, q = pi_theta: TRL's log-ratio stays at the
+    backend's fp32 noise after syncs (skipped where trl is not installed in this venv)."""
+    pytest.importorskip("trl")
+    import glob
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "trl_grpo.py"
+    spec = importlib.util.spec_from_file_location("trl_grpo_example", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    original = {}
+    for f in glob.glob(f"{pair_a[0]}/*.safetensors"):
+        original.update(load_file(f))
+    engine_a.mixture = engine_a.engine.mixture = MixtureConfig(alpha_method="fixed", alpha=1.0)
+    try:
+        r = ex.main(["--model-theta", pair_a[0], "--model-t", pair_a[1], "--backend", "vllm", "--steps", "2",
+                     "--num-generations", "2", "--max-completion-length", "6"], sampler=engine_a)
+    finally:
+        engine_a.update_policy_weights(original)
+    assert r["steps"] == r["sync_calls"] == 2 and r["policy_logp_moved"] >= 1e-3
+    assert max(r["is_log_ratio_per_step"]) <= 3e-4, r  # vLLM's CPU fp32 forward vs transformers'
+    assert r["reward_kwargs_ok"] and r["sampling_metrics_logged"]
