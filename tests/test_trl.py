@@ -80,7 +80,7 @@ def test_padded_vocabulary_bias(tmp_path):
     assert r["is_log_ratio_abs_max"] > 1e-2  # the documented bias, measured
 
 
-def _trainer(pair_dirs, model=None, **cfg):
+def _trainer(pair_dirs, model=None, teacher_prompt=None, **cfg):
     from transformers import AutoTokenizer
 
     from engine import create_optimal_sampling_model
@@ -92,7 +92,7 @@ def _trainer(pair_dirs, model=None, **cfg):
     sampler = create_optimal_sampling_model(pair_dirs[0], pair_dirs[1], "fixed", 1.0, device="cpu")
     return QStarGRPOTrainer(model=model or pair_dirs[0], reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
                             args=args, train_dataset=ex.dataset(), processing_class=AutoTokenizer.from_pretrained(pair_dirs[0]),
-                            sampler=sampler)
+                            sampler=sampler, teacher_prompt=teacher_prompt)
 
 
 @pytest.mark.parametrize("cfg,match", [(dict(use_vllm=True), "use_vllm"),
@@ -114,3 +114,19 @@ def test_rollout_keys_distinct_across_rounds_ranks_indices():
 
     keys = {rollout_key(r, k, i) for r in range(20) for k in range(4) for i in range(64)}
     assert len(keys) == 20 * 4 * 64 and all(0 <= k < 2**63 for k in keys)
+
+
+def test_teacher_view_from_a_function(pair_dirs):
+    """pi_t's prompt from teacher_prompt(row); keys differ between rounds; config's length honoured."""
+    hint = lambda row: row["prompt"][0]["content"] + " reference solution: " + row["answer"]  # noqa: E731
+    trainer = _trainer(pair_dirs, teacher_prompt=hint, max_completion_length=3)
+    rows = [trainer.train_dataset[0]] * 2
+    trainer._rows = rows
+    first = trainer.rollout([r["prompt"] for r in rows])
+    trainer._rows = rows
+    trainer.rollout([r["prompt"] for r in rows])
+    outs = trainer.last_outputs
+    assert all(o.num_prompt_tokens_t > o.num_prompt_tokens_theta for o in outs)
+    assert all(len(c) <= 3 for c in first["completion_ids"])
+    assert len({o.key for o in outs}) == 2 and trainer.rollout_rounds == 2
+    assert [len(x) for x in first["logprobs"]] == [len(c) for c in first["completion_ids"]]

@@ -76,7 +76,7 @@ def trainer_logps(model, prompt_ids: list[int], tokens: list[int]):
 
 def make_trainer(args, report: Report, sampler=None):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from engine import create_optimal_sampling_model
     from engine.integrations.trl_grpo import QStarGRPOConfig, QStarGRPOTrainer
@@ -108,7 +108,11 @@ def make_trainer(args, report: Report, sampler=None):
                 report.logs.append(dict(logs))
 
     tok = AutoTokenizer.from_pretrained(args.model_theta)
-    model = AutoModelForCausalLM.from_pretrained(args.model_theta, dtype="float32")
+    cfg_theta = AutoConfig.from_pretrained(args.model_theta)
+    for name, value in vars(cfg_theta).items():  # dropout off: TRL's old log-probs must be deterministic
+        if "dropout" in name and isinstance(value, float):
+            setattr(cfg_theta, name, 0.0)
+    model = AutoModelForCausalLM.from_pretrained(args.model_theta, config=cfg_theta, dtype="float32")
     if sampler is None:
         sampler = create_optimal_sampling_model(args.model_theta, args.model_t, args.alpha_method, args.alpha,
                                                 device="cpu", dtype="float32", backend=args.backend)
