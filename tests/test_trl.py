@@ -130,3 +130,12 @@ def test_teacher_view_from_a_function(pair_dirs):
     assert all(len(c) <= 3 for c in first["completion_ids"])
     assert len({o.key for o in outs}) == 2 and trainer.rollout_rounds == 2
     assert [len(x) for x in first["logprobs"]] == [len(c) for c in first["completion_ids"]]
+
+
+def test_repeats_share_a_prefill_only_when_blocks_match():
+    from engine.integrations.trl_grpo import repeats
+
+    a, b = [1, 2], [3]
+    assert repeats([a, a, b, b], [a, a, b, b], 2) == 2
+    assert repeats([a, a, b, b], [a, b, b, b], 2) == 1  # pi_t's views differ inside a block
+    assert repeats([a, a, a], [a, a, a], 2) == 1 and repeats([a, a], [a, a], 1) == 1

@@ -62,6 +62,15 @@ def rollout_key(round_: int, rank: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def repeats(ids_theta: list, ids_t: list, g: int) -> int:
+    """g when the prompts come in blocks of g identical (theta, t) pairs (TRL's repeats: then the g
+    samples share one prefill, as generate's n), else 1. Outputs stay in the same order."""
+    if not g or g < 2 or len(ids_theta) % g:
+        return 1
+    same = all(ids_theta[i] == ids_theta[i - i % g] and ids_t[i] == ids_t[i - i % g] for i in range(len(ids_theta)))
+    return g if same else 1
+
+
 def _refuse(args, kwargs: dict) -> None:
     """Trainer options a qstar rollout cannot honour: one ValueError naming the option and the fix."""
     problems = []
@@ -193,9 +202,10 @@ class QStarGRPOTrainer(GRPOTrainer):
         rank, a = self.accelerator.process_index, self.args
         keys = [rollout_key(self.rollout_rounds, rank, i) for i in range(len(prompts))]
         self.rollout_rounds += 1
-        outs = self.sampler.generate(ids_theta, prompts_t=ids_t, max_new_tokens=a.max_completion_length,
-                                     temperature=a.temperature, top_k=a.top_k or 0, top_p=a.top_p,
-                                     min_p=a.min_p or 0.0, seed=a.seed, keys=keys)
+        n = repeats(ids_theta, ids_t, self.num_generations if self.model.training else self.num_generations_eval)
+        outs = self.sampler.generate(ids_theta[::n], prompts_t=ids_t[::n], n=n, keys=keys,
+                                     max_new_tokens=a.max_completion_length, temperature=a.temperature,
+                                     top_k=a.top_k or 0, top_p=a.top_p, min_p=a.min_p or 0.0, seed=a.seed)
         self.last_outputs = outs  # this rank's SampleOutputs of the latest round (logging, checks)
         failed = [o for o in outs if o.finish_reason == "error"]
         if failed:
