@@ -372,7 +372,7 @@ def _race_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, out_ptr, temp_ptr, seed_ptr, ke
     tl.store(rid_ptr + row * NS + ch, best_i)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["SEARCHED"])  # runtime flags: one compiled variant
 def _race_reduce(rp_ptr, rid_ptr, out_ptr, tok_ptr, temp_ptr, plan_ptr, fin_ptr, pass_ptr, B, NS, SEARCHED,
                  NSP: tl.constexpr):
     """The winner over chunks (the first chunk on ties: lowest id), logp_behavior, passes."""

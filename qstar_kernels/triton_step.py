@@ -306,7 +306,7 @@ def _store_state(state_out, row, a, lo, hi, it, done, f, scale, pending):
     tl.store(s + 7, pending.to(tl.float32))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["METHOD"])  # runtime flags: one compiled variant
 def _newton_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, state_in, mom_in, state_out, mom_out, V, NS,
                  tol, max_iters, METHOD, CHUNK: tl.constexpr, BLOCK: tl.constexpr, NSP: tl.constexpr):
     """Fold in the last evaluation, then evaluate this chunk's moments at the new a (if going).
@@ -328,7 +328,7 @@ def _newton_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, state_in, mom_in, state_out, 
             tl.store(out + k, r[k])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["METHOD", "HAS_FORCE"])  # runtime flags: one compiled variant
 def _solve_finish(xp_ptr, xt_ptr, sp, st, rowc_ptr, state_in, mom_in, alpha_ptr, force_ptr, fin_ptr,
                   V, NS, METHOD, HAS_FORCE, alpha_min, alpha_max, tol, max_iters,
                   CHUNK: tl.constexpr, BLOCK: tl.constexpr, NSP: tl.constexpr):
@@ -394,7 +394,7 @@ def _solve_finish(xp_ptr, xt_ptr, sp, st, rowc_ptr, state_in, mom_in, alpha_ptr,
 
 
 # ----------------------------------------------------------------------------- 3. stats pass
-@triton.jit
+@triton.jit(do_not_specialize=["METHOD"])  # runtime flags: one compiled variant
 def _stats_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, fin_ptr, part_ptr, V, NS, METHOD,
                 CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """log Z, KL(q||.), H(q), ESS partials at the final a; S-moments at a when the residual of a
@@ -457,7 +457,7 @@ def _stats_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, fin_ptr, part_ptr, V, NS, METH
         tl.store(out + 17, r[5])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["METHOD"])  # runtime flags: one compiled variant
 def _stats_reduce(part_ptr, rowc_ptr, fin_ptr, out_ptr, B, NS, METHOD, NSP: tl.constexpr):
     """Per-row outputs: alpha, log_z, kl_theta, kl_t, ess_theta, ess_t, entropies, residual."""
     row = tl.program_id(0).to(tl.int64)

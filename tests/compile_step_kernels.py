@@ -46,7 +46,8 @@ def record_variants(vocabs, dtypes=(torch.bfloat16, torch.float16, torch.float32
             if p.is_constexpr:
                 sig[p.name], consts[p.name] = "constexpr", v
                 continue
-            ty, attr = native_specialize_impl(BaseBackend, v, False, True, True)[:2]
+            ty, attr = native_specialize_impl(BaseBackend, v, False, not p.do_not_specialize,
+                                              not p.do_not_specialize_on_alignment)[:2]
             if ty == "constexpr":
                 sig[p.name], consts[p.name] = "constexpr", v
             else:
