@@ -56,8 +56,10 @@ def test_alpha_one_matches_trl_after_syncs(fixed_run):
     assert len(r["is_log_ratio_per_step"]) == 2 and max(r["is_log_ratio_per_step"]) <= 1e-4, r
     assert r["policy_logp_moved"] >= 1e-3
     assert r["weights_max_abs_diff"] == 0.0  # the sync is bit-exact
-    # qstar's engine vs the trainer's forward on the same tokens: two fp32 implementations
-    assert r["logp_theta_vs_trainer_max"] <= 5e-5, r["logp_theta_vs_trainer_per_round"]
+    # qstar's logp_theta vs the trainer's weights evaluated in float64, after every sync
+    # fp32 floor of the engine on these models: ~1.5e-5 absolute at |logp| up to ~8 (docs/guide.md)
+    assert r["logp_theta_vs_trainer_max"] <= 3e-5, r["logp_theta_vs_trainer_per_round"]
+    assert r["logp_theta_vs_trainer_fp32_max"] <= 5e-5  # vs its fp32 forward: two fp32 noises
     assert r["sampling_metrics_logged"] and r["completions_differ"] and r["reward_kwargs_ok"]
     assert r["teacher_saw_more"] and r["reward_std_mean"] > 0 and r["loss"] is not None
 

@@ -14,8 +14,10 @@ is_log_ratio_abs_max (TRL's own `sampling/sampling_logp_difference/max`, max ove
 ~0 for --alpha-method fixed --alpha 1 on an unpadded vocabulary), is_log_ratio_per_step,
 policy_logp_moved (max |change| of the trainer model's log-probs on a fixed sequence between
 the first and the last round), logp_theta_vs_trainer_max (after each sync: qstar's recorded
-logp_theta on the round's completions against the trainer model's own log-probs, T = 1; two
-fp32 forward implementations, so ~1e-5 even before any update), weights_max_abs_diff (hf backend:
+logp_theta on the round's completions against the trainer model's exact log-probs — its current
+weights evaluated in float64 —, T = 1), logp_theta_vs_trainer_fp32_max (the same against the
+trainer's own fp32 forward: two fp32 implementations, each ~1e-5 off, already before any
+update), weights_max_abs_diff (hf backend:
 the sampler's pi_theta parameters against the trainer's after each sync; 0 = bit-identical),
 completions_differ, reward_kwargs_ok, teacher_saw_more, loss, seconds.
 """
@@ -48,7 +50,7 @@ class Report:
     """What the run measured (filled by the reward function, the probe and the log callback)."""
 
     def __init__(self):
-        self.logs, self.sync_diffs, self.fixed_logps, self.weight_diffs = [], [], [], []
+        self.logs, self.sync_diffs, self.sync_diffs_fp32, self.fixed_logps, self.weight_diffs = [], [], [], [], []
         self.reward_kwargs_ok, self.teacher_saw_more, self.groups_identical = True, True, 0
 
 
@@ -85,9 +87,12 @@ def make_trainer(args, report: Report, sampler=None):
         def rollout(self, prompts, trainer=None):
             out = super().rollout(prompts, trainer)  # TRL synced pi_theta just before this call
             model = self.accelerator.unwrap_model(self.model)
-            diffs = [float((trainer_logps(model, p, c) - torch.tensor(lp, dtype=torch.float64)).abs().max())
-                     for p, c, lp in zip(out["prompt_ids"], out["completion_ids"], out["logp_theta"])]
-            report.sync_diffs.append(max(diffs))
+            # the trainer's current weights evaluated in float64 (its exact log-probs), and its fp32 forward
+            exact = AutoModelForCausalLM.from_config(model.config, dtype=torch.float64).eval()
+            exact.load_state_dict(model.state_dict())
+            for refs, model_ in ((report.sync_diffs, exact), (report.sync_diffs_fp32, model)):
+                refs.append(max(float((trainer_logps(model_, p, c) - torch.tensor(lp, dtype=torch.float64)).abs().max())
+                                for p, c, lp in zip(out["prompt_ids"], out["completion_ids"], out["logp_theta"])))
             theta = getattr(self.sampler.pair, "model_theta", None)  # hf backend: the engine's own module
             if theta is not None:
                 mine = dict(theta.named_parameters())
@@ -160,6 +165,7 @@ def main(argv=None, sampler=None) -> dict:
               "sampling_metrics_logged": bool(per_step) and "sampling/importance_sampling_ratio/mean" in report.logs[-1],
               "policy_logp_moved": moved, "logp_theta_vs_trainer_max": max(report.sync_diffs, default=None),
               "logp_theta_vs_trainer_per_round": report.sync_diffs,
+              "logp_theta_vs_trainer_fp32_max": max(report.sync_diffs_fp32, default=None),
               "weights_max_abs_diff": max(report.weight_diffs, default=None),
               "completions_differ": report.groups_identical == 0, "reward_kwargs_ok": report.reward_kwargs_ok,
               "teacher_saw_more": report.teacher_saw_more,
