@@ -267,7 +267,7 @@ def _mix_kernel(xp_ptr, xt_ptr, alpha_ptr, force_ptr, out_ptr, stats_ptr, B, V, 
     log_z, kl_p, kl_t, h_q, ess_p, ess_t = _stats_pass(xp_ptr, xt_ptr, row, V, stride, lse_p,
                                                        lse_t, a, BLOCK)
     offs = tl.arange(0, BLOCK)
-    plane = B * V_full
+    plane = tl.cast(B, tl.int64) * V_full  # int64: B * V wraps int32 from B = 7062 at V = 152064
     for start in range(0, V_full, BLOCK):
         cols = start + offs
         xp, xt = _load(xp_ptr, xt_ptr, row, cols, V, stride)
