@@ -24,8 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .ref_sample import GUMBEL_SPAN
-from .triton_step import _chunk_vec, _factors, _load2, _lse_step, _mix_logit
+from .triton_parts import chunk_vec, factors, load2, lse_step, mix_logit
 
 NPIV = 32     # thresholds per count pass
 CAP = 2048    # candidates the select program sorts
@@ -42,10 +41,10 @@ def _fkey(s):
 @triton.jit
 def _scores(xp_ptr, xt_ptr, sp, st, row, cols, V, lse_p, lse_t, a, log_z, temp):
     """lp, lt, logq and s = logq / T of one tile (fp32; -inf past V); the same rounding in every pass."""
-    xp, xt = _load2(xp_ptr, xt_ptr, row, sp, st, cols, V)
+    xp, xt = load2(xp_ptr, xt_ptr, row, sp, st, cols, V)
     lp = xp - lse_p
     lt = xt - lse_t
-    logq = _mix_logit(a, lp, lt) - log_z
+    logq = mix_logit(a, lp, lt) - log_z
     return lp, lt, logq, tl.math.div_rn(logq, tl.where(temp > 0, temp, 1.0))
 
 
@@ -340,7 +339,7 @@ def _race_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, out_ptr, temp_ptr, seed_ptr, ke
         k = _fkey(s)
         kept = (cols < V) & (s > float("-inf")) & ((k > kstar) | ((k == kstar) & (cols <= idcut)))
         s = tl.where(kept, s, float("-inf"))
-        m, z, _c, _w = _lse_step(m, z, s)
+        m, z, _c, _w = lse_step(m, z, s)
         score = logq
         if not greedy:
             score = tl.where(kept, s, float("-inf"))
@@ -360,7 +359,7 @@ def _race_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, out_ptr, temp_ptr, seed_ptr, ke
             b_lp = tl.sum(tl.where(here, lp, 0.0), 0)
             b_lt = tl.sum(tl.where(here, lt, 0.0), 0)
             b_q = tl.sum(tl.where(here, logq, 0.0), 0)
-    M, f = _factors(m, 0)
+    M, f = factors(m, 0)
     o = rp_ptr + (row * NS + ch) * 7
     tl.store(o + 0, best)
     tl.store(o + 1, b_s)
@@ -378,17 +377,17 @@ def _race_reduce(rp_ptr, rid_ptr, out_ptr, tok_ptr, temp_ptr, plan_ptr, fin_ptr,
     """The winner over chunks (the first chunk on ties: lowest id), logp_behavior, passes."""
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, NSP)
-    best = _chunk_vec(rp_ptr, row, NS, 0, 7, NSP, float("-inf"))
+    best = chunk_vec(rp_ptr, row, NS, 0, 7, NSP, float("-inf"))
     w = tl.argmax(best, 0)
     here = c == w
     tok = tl.sum(tl.where(here, tl.load(rid_ptr + row * NS + c, mask=c < NS, other=0), 0), 0)
-    M, f = _factors(_chunk_vec(rp_ptr, row, NS, 5, 7, NSP, float("-inf")), 0)
-    lse = M + tl.log(tl.sum(_chunk_vec(rp_ptr, row, NS, 6, 7, NSP, 0.0) * f, 0))
-    s_best = tl.sum(tl.where(here, _chunk_vec(rp_ptr, row, NS, 1, 7, NSP, 0.0), 0.0), 0)
+    M, f = factors(chunk_vec(rp_ptr, row, NS, 5, 7, NSP, float("-inf")), 0)
+    lse = M + tl.log(tl.sum(chunk_vec(rp_ptr, row, NS, 6, 7, NSP, 0.0) * f, 0))
+    s_best = tl.sum(tl.where(here, chunk_vec(rp_ptr, row, NS, 1, 7, NSP, 0.0), 0.0), 0)
     greedy = tl.load(temp_ptr + row) == 0
     tl.store(tok_ptr + row, tok)
     for k in tl.static_range(3):
-        tl.store(out_ptr + k * B + row, tl.sum(tl.where(here, _chunk_vec(rp_ptr, row, NS, 2 + k, 7, NSP, 0.0), 0.0), 0))
+        tl.store(out_ptr + k * B + row, tl.sum(tl.where(here, chunk_vec(rp_ptr, row, NS, 2 + k, 7, NSP, 0.0), 0.0), 0))
     tl.store(out_ptr + 3 * B + row, tl.where(greedy, 0.0, s_best - lse))
     # passes over the two rows: model + Newton evaluations + stats + truncation + race
     mode = tl.load(plan_ptr + row * 8)

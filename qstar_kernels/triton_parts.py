@@ -1,0 +1,67 @@
+"""Building blocks of the fused Triton step, shared by triton_step.py (alpha solve, statistics)
+and triton_race.py (truncation, Gumbel race): online log-sum-exp, chunk reductions, the
+mixture logit with 0^0 = 1, paired row loads. Device functions only; no launches.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def lse_step(m, z, x):
+    """Online log-sum-exp per lane: new max, new sum, rescale of old sums, weight of x."""
+    m_new = tl.maximum(m, x)
+    live = m_new > float("-inf")
+    scale = tl.where(live, tl.exp(m - m_new), 0.0)
+    w = tl.where(live & (x > float("-inf")), tl.exp(x - m_new), 0.0)
+    return m_new, z * scale + w, scale, w
+
+
+@triton.jit
+def shift_step(m, z, A, x):
+    """Online (max, sum w, sum w*(x - max)) per lane: the entropy-style sum without cancellation."""
+    m_new, z_new, c, w = lse_step(m, z, x)
+    dm = tl.where(m > float("-inf"), m - m_new, 0.0)
+    A = c * (A + dm * z) + w * tl.where(x > float("-inf"), x - m_new, 0.0)
+    return m_new, z_new, A, c, w
+
+
+@triton.jit
+def factors(m, axis: tl.constexpr):
+    """Common max M of per-lane (or per-chunk) maxima and each one's rescale exp(m - M)."""
+    M = tl.max(m, axis)
+    f = tl.where(m > float("-inf"), tl.exp(m - tl.where(M > float("-inf"), M, 0.0)), 0.0)
+    return M, f
+
+
+@triton.jit
+def merge_shift(m, z, A):
+    """Reduce per-lane / per-chunk (m, z, A) along axis 0: (M, Z, A at M)."""
+    M, f = factors(m, 0)
+    dm = tl.where(m > float("-inf"), m - tl.where(M > float("-inf"), M, 0.0), 0.0)
+    return M, tl.sum(z * f, 0), tl.sum((A + dm * z) * f, 0)
+
+
+@triton.jit
+def load2(xp_ptr, xt_ptr, row, sp, st, cols, V):
+    inb = cols < V
+    xp = tl.load(xp_ptr + row * sp + cols, mask=inb, other=float("-inf")).to(tl.float32)
+    xt = tl.load(xt_ptr + row * st + cols, mask=inb, other=float("-inf")).to(tl.float32)
+    return xp, xt
+
+
+@triton.jit
+def mix_logit(a, lp, lt):
+    """a*lp + (1-a)*lt with 0^0 = 1 (ref_mix.mix_logits): lp at a = 1, lt at a = 0."""
+    both = (lp > float("-inf")) & (lt > float("-inf"))
+    inner = tl.where(both, a * tl.where(both, lp, 0.0) + (1.0 - a) * tl.where(both, lt, 0.0),
+                     float("-inf"))
+    return tl.where(a == 1.0, lp, tl.where(a == 0.0, lt, inner))
+
+
+@triton.jit
+def chunk_vec(ptr, row, NS, k: tl.constexpr, K: tl.constexpr, NSP: tl.constexpr, other):
+    """Field k of every chunk's partial record of a row: (NSP,) vector, `other` past NS."""
+    c = tl.arange(0, NSP)
+    return tl.load(ptr + (row * NS + c) * K + k, mask=c < NS, other=other)
