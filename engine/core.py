@@ -317,7 +317,8 @@ class _Run:
             self._rows_key, self._rows = key, torch.tensor(slots, device=self.e.device)
         spans = (self.st.span(0, max(self.active[s].pos_theta for s in slots)),
                  self.st.span(1, max(self.active[s].pos_t for s in slots)))
-        tokens, vals = self.st.step(self._rows, spans)
+        first = slots[0] if slots[-1] - slots[0] == len(slots) - 1 else None  # sorted, distinct
+        tokens, vals = self.st.step(self._rows, spans, first)
         self._collect(slots, self._rows, tokens, vals, decoded=True)
 
     def loop(self) -> list[SampleOutput]:

@@ -31,7 +31,7 @@ class RowModel:
 
     @torch.inference_mode()
     def decode(self, rows: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-               span: int | None = None) -> torch.Tensor:  # (B, W)
+               span: int | None = None, first: int | None = None) -> torch.Tensor:  # (B, W)
         outs = []
         for r, t, p in zip(rows.tolist(), tokens.tolist(), positions.tolist()):
             out = self.model(input_ids=torch.tensor([[t]], device=self.device),

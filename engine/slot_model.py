@@ -106,7 +106,7 @@ class SlotModel:
 
     def extend(self, rows: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor,
                lengths: torch.Tensor | None = None, *, fresh: bool = False, last_only: bool = False,
-               span: int | None = None) -> torch.Tensor:
+               span: int | None = None, first: int | None = None) -> torch.Tensor:
         """Append tokens (B, T) to slots `rows` (B,) at positions starts[b] + t, t < lengths[b]
         (default all T; the rest is padding). Returns logits (B, T, W) at every appended
         position, or (B, W) at each row's last real token when last_only.
@@ -122,7 +122,7 @@ class SlotModel:
         if lengths is not None:  # padding writes land in the scratch slot
             wrows = torch.where(torch.arange(T, device=dev)[None, :] < lengths[:, None], wrows, self.scratch)
         wpos = pos.clamp(max=self.max_len - 1)
-        qrows, qlens = rows.repeat_interleave(T), (pos + 1).reshape(-1)
+        qrows, qlens = rows[:, None].expand(B, T).reshape(-1), (pos + 1).reshape(-1)  # no repeat_interleave: it can sync
 
         def attend(l, q, k, v):
             self.k[l, wrows, :, wpos] = k.transpose(1, 2)  # (B, T, Hkv, D)
@@ -131,7 +131,7 @@ class SlotModel:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
             H = q.shape[1]
             o = decode_attention(q.transpose(1, 2).reshape(B * T, H, self.head_dim), self.k[l], self.v[l],
-                                 qrows, qlens, self.scale, span=span)
+                                 qrows, qlens, self.scale, span=span, first=first if T == 1 else None)
             return o.view(B, T, H, self.head_dim).transpose(1, 2)
 
         h = self._layers(self.base.embed_tokens(tokens), pos, attend)
@@ -151,9 +151,9 @@ class SlotModel:
             return self.extend(rows, tokens, torch.zeros_like(rows), lengths, fresh=True, last_only=True)
 
     def decode(self, rows: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-               span: int | None = None) -> torch.Tensor:  # (B, W)
+               span: int | None = None, first: int | None = None) -> torch.Tensor:  # (B, W)
         """Append `tokens` (B,) at `positions` (B,) of slots `rows` (B,); logits of the next token."""
-        return self.extend(rows, tokens[:, None], positions, span=span)[:, 0]
+        return self.extend(rows, tokens[:, None], positions, span=span, first=first)[:, 0]
 
     def save_prefix(self, slot: int, length: int):
         return self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone()

@@ -126,25 +126,27 @@ class Stepper:
             return "cpu" if available() else "torch"
         return b
 
-    def decode_step(self, rows: torch.Tensor, span_theta: int | None = None, span_t: int | None = None):
+    def decode_step(self, rows: torch.Tensor, span_theta: int | None = None, span_t: int | None = None,
+                    first: int | None = None):
         """Both models read each row's last token at its position, then the mixture draws the next
-        one. rows (B,) slots; span_*: CPU bounds on positions + 1 (ignored on CUDA)."""
+        one. rows (B,) slots; span_*: CPU bounds on positions + 1, first: rows are first, first + 1,
+        ... (CPU hints, Python ints; CUDA ignores them)."""
         tok = self.last_tok[rows]
         logits = []
         for side, span in ((0, span_theta), (1, span_t)):
             p = self.pos[side, rows]
-            logits.append(self.runners[side].decode(rows, tok, p, span=span))
+            logits.append(self.runners[side].decode(rows, tok, p, span=span, first=first))
             self.pos[side, rows] = p + 1
         out = self.sample(rows, logits[0], logits[1])
         self.pos[:, self.scratch] = 0  # the padded rows of a graph bucket never run off the cache
         self.n[self.scratch] = 0
         return out
 
-    def step(self, rows: torch.Tensor, spans: tuple[int, int]):
+    def step(self, rows: torch.Tensor, spans: tuple[int, int], first: int | None = None):
         """decode_step through the graph for its bucket (CUDA), compiled or eager (CPU)."""
         if self.graphs is not None:
             return self.graphs(rows)
-        return self._decode(rows, *spans)
+        return self._decode(rows, *spans, first)
 
     def span(self, side: int, top: int) -> int:
         """CPU attention bound for the largest next position `top` of a side (rounded up)."""

@@ -19,12 +19,17 @@ import torch.nn.functional as F
 
 
 def decode_attention_reference(q, k_cache, v_cache, slots, lengths, scale: float,
-                               span: int | None = None) -> torch.Tensor:  # (N, H, D)
+                               span: int | None = None, first: int | None = None) -> torch.Tensor:  # (N, H, D)
     """The definition. span (a Python int >= max(lengths)): how many cache positions to gather
-    (default all L; the CPU engine passes its host-known bound, rounded up)."""
-    L = k_cache.shape[2]
+    (default all L; the CPU engine passes its host-known bound, rounded up). first: the caller
+    knows slots == first, first + 1, ... (a Python int): K/V are then views, not a gather copy
+    (3x faster on CPU)."""
+    L, N = k_cache.shape[2], q.shape[0]
     span = L if span is None else min(int(span), L)
-    K, V = k_cache[slots, :, :span], v_cache[slots, :, :span]  # (N, Hkv, span, D)
+    if first is not None:
+        K, V = k_cache[first:first + N, :, :span], v_cache[first:first + N, :, :span]  # (N, Hkv, span, D)
+    else:
+        K, V = k_cache[slots, :, :span], v_cache[slots, :, :span]
     live = torch.arange(span, device=q.device)[None, :] < lengths[:, None]  # (N, span)
     out = F.scaled_dot_product_attention(q[:, :, None], K, V, attn_mask=live[:, None, None, :], scale=scale,
                                          enable_gqa=True)
@@ -32,10 +37,11 @@ def decode_attention_reference(q, k_cache, v_cache, slots, lengths, scale: float
 
 
 def decode_attention(q, k_cache, v_cache, slots, lengths, scale: float, *, span: int | None = None,
-                     backend: str | None = None) -> torch.Tensor:  # (N, H, D)
-    """Triton on CUDA (backend None or "triton"; "torch" forces the reference), else the reference."""
+                     first: int | None = None, backend: str | None = None) -> torch.Tensor:  # (N, H, D)
+    """Triton on CUDA (backend None or "triton"; "torch" forces the reference), else the reference
+    (span, first: its host-side hints)."""
     if backend != "torch" and (q.is_cuda or backend == "triton"):
         from .triton_attention import decode_attention_triton
 
         return decode_attention_triton(q, k_cache, v_cache, slots, lengths, scale)
-    return decode_attention_reference(q, k_cache, v_cache, slots, lengths, scale, span)
+    return decode_attention_reference(q, k_cache, v_cache, slots, lengths, scale, span, first)

@@ -64,3 +64,12 @@ def test_row_result_does_not_depend_on_the_batch():
     full = decode_attention(q, k, v, slots, lengths, 0.125, backend="triton")
     alone = decode_attention(q[2:3], k, v, slots[2:3], lengths[2:3], 0.125, backend="triton")
     assert torch.equal(full[2:3], alone)
+
+
+def test_reference_reads_views_when_slots_are_contiguous():
+    q, k, v, _, lengths = case(4, 8, 2, 64, 90, torch.float64, seed=5)
+    slots = torch.arange(2, 6)
+    gathered = decode_attention_reference(q, k, v, slots, lengths, 0.125, span=90)
+    viewed = decode_attention_reference(q, k, v, slots, lengths, 0.125, span=90, first=2)
+    assert torch.equal(gathered, viewed)
+    assert (viewed - sdpa_per_row(q, k, v, slots, lengths, 0.125)).abs().max().item() <= 1e-12

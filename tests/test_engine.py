@@ -254,3 +254,20 @@ def test_max_model_len_sizes_the_cache_once_and_refuses_what_cannot_fit(models):
     assert "max_model_len=" in outs[1].error
     with pytest.raises(ValueError, match="max_model_len must be an int >= 2"):
         make(models, max_model_len=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_captured_once_per_engine_and_equal_eager():
+    a, b = tiny.model(seed=1).cuda(), tiny.model(seed=2).cuda()
+    kw = dict(tokenizer=tiny.tokenizer(), device="cuda", dtype="float32", alpha_method="kl_symmetry", max_batch_size=3)
+    qm = create_optimal_sampling_model(a, b, cuda_graphs="strict", **kw)
+    first = qm.generate(PROMPTS, max_new_tokens=8, seed=3, ignore_eos=True)
+    graphs = qm.engine.stepper.graphs
+    n = graphs.captures
+    assert n >= 1 and qm.engine.cuda_graphs.startswith("on (")
+    again = qm.generate(PROMPTS, max_new_tokens=8, seed=3, ignore_eos=True)
+    assert graphs.captures == n  # the second call replays, captures nothing
+    eager = create_optimal_sampling_model(a, b, cuda_graphs=False, **kw).generate(PROMPTS, max_new_tokens=8, seed=3,
+                                                                                 ignore_eos=True)
+    assert [o.token_ids for o in first] == [o.token_ids for o in again] == [o.token_ids for o in eager]
