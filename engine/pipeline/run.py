@@ -150,7 +150,8 @@ def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_
                             top_p=cfg.top_p, min_p=cfg.min_p, seed=cfg.seed, n=cfg.n,
                             ignore_eos=cfg.ignore_eos, stop=cfg.stop)
     hashed = cfg.hashed()
-    out = store.Appender(p["output"], before_open=lambda: store.write_manifest(p, hashed))
+    graphs = lambda: {"cuda_graphs": engine.cuda_graphs} if hasattr(engine, "cuda_graphs") else {}  # noqa: E731
+    out = store.Appender(p["output"], before_open=lambda: store.write_manifest(p, hashed, graphs()))
     diag = store.Appender(p["diagnostics"] if cfg.save_diagnostics else None)
     progress = Progress(len(reqs), cfg.quiet, stats)
     interrupted = []
@@ -192,6 +193,7 @@ def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_
         finally:
             signal.signal(signal.SIGINT, old)
     progress.update(force=True)
+    stats.cuda_graphs = graphs().get("cuda_graphs")  # "on (N graphs)" / "off (<reason>)"; None: not the hf engine
     return _finish(cfg, p, stats, interrupted)
 
 
@@ -230,6 +232,8 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
         lines.append(f"[qstar] {stats.tokens} tokens in {el:.1f} s = {stats.tokens / el:.1f} tok/s; "
                      f"mean alpha {alpha:.4f}")
     lines.append(files)
+    if getattr(stats, "cuda_graphs", None) not in (None, "off (cpu)"):  # a GPU run says whether graphs ran
+        lines.append(f"[qstar] cuda_graphs: {stats.cuda_graphs}")
     if stats.skipped:
         lines.append(f"[qstar] skipped rows and reasons: {p['skipped']}")
     if interrupted:
@@ -241,5 +245,6 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
             samples=stats.done, samples_before=stats.done_before, tokens=stats.tokens, seconds=round(el, 3),
             tokens_per_s=round(stats.tokens / el, 3), alpha_mean=alpha if stats.alpha_n else None, interrupted=bool(interrupted),
             skipped=dict(stats.skipped), backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
-            threads=cfg.threads, batch_size=cfg.batch_size, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            threads=cfg.threads, batch_size=cfg.batch_size, cuda_graphs=getattr(stats, "cuda_graphs", None),
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             indent=1) + "\n")

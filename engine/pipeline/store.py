@@ -129,10 +129,11 @@ def _check_manifest(p: dict[str, Path], hashed: dict) -> None:
                           "Use the same settings to resume, --overwrite to start over, or another --output")
 
 
-def write_manifest(p: dict[str, Path], hashed: dict) -> None:
-    """The resume guard; written (atomically) just before the run's first record lands."""
+def write_manifest(p: dict[str, Path], hashed: dict, extra: dict | None = None) -> None:
+    """The resume guard; written (atomically) just before the run's first record lands.
+    extra: execution facts outside the hash (e.g. cuda_graphs: "off (<reason>)")."""
     manifest = dict(config_hash=config_hash(hashed), config=hashed, updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    qstar_version="0.1.0")
+                    qstar_version="0.1.0", **(extra or {}))
     write_atomic(p["manifest"], json.dumps(manifest, indent=1, default=str))
 
 
