@@ -316,7 +316,8 @@ def test_every_output_file_respects_the_umask(pair_dirs, tmp_path):
     finally:
         os.umask(old)
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in tmp_path.glob("o.*")}
-    assert set(modes) == {"o.jsonl", "o.diagnostics.jsonl", "o.manifest.json", "o.skipped.jsonl", "o.parquet"}
+    assert set(modes) == {"o.jsonl", "o.diagnostics.jsonl", "o.manifest.json", "o.skipped.jsonl", "o.parquet",
+                          "o.summary.json"}
     assert set(modes.values()) == {0o644}, {k: oct(v) for k, v in modes.items()}
     assert not list(tmp_path.glob(".o.*")), "a temp file was left behind"
 
