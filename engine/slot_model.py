@@ -93,12 +93,21 @@ class SlotModel:
         """Run every decoder layer; attend(l, q, k, v) writes the cache and returns attention."""
         cos, sin = self.base.rotary_emb(x, positions)
         for l, layer in enumerate(self.base.layers):
-            h = layer.input_layernorm(x)
+            h = self._norm(layer.input_layernorm, x)
             q, k, v = self._qkv(layer.self_attn, h, cos, sin)
             o = attend(l, q, k, v)  # (B, H, T, D)
             x = x + self.lin(layer.self_attn.o_proj, o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
-            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
-        return self.base.norm(x)
+            x = x + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x))
+        return self._norm(self.base.norm, x)
+
+    def _norm(self, norm, x):
+        """fp32: one fused F.rms_norm (the same math as HF's RMSNorm, whose six small ops cost more
+        than the norm at decode sizes); other dtypes: HF's module (it rounds to the input dtype
+        before the weight)."""
+        eps = getattr(norm, "variance_epsilon", None)
+        if x.dtype != torch.float32 or eps is None:
+            return norm(x)
+        return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
 
     def _mlp(self, mlp, x):
         """The gated MLP of these families (LlamaMLP's forward) on self.lin."""
