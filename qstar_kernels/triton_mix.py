@@ -16,20 +16,11 @@ import triton
 import triton.language as tl
 
 from .ref_solve import MAX_ITERS, TOL
+from .triton_parts import lse_step, mix_logit
 from .types import METHODS, Mixture
 
 NSTAT = 12  # alpha, log_z, kl_theta, kl_t, ess_theta, ess_t, h_theta, h_t, h_q, residual, clamped, iters
 NEG = float("-inf")
-
-
-@triton.jit
-def _lse_step(m, z, x):
-    """Online log-sum-exp per lane: returns new max, new sum, rescale of old sums, weight of x."""
-    m_new = tl.maximum(m, x)
-    live = m_new > float("-inf")
-    scale = tl.where(live, tl.exp(m - m_new), 0.0)
-    w = tl.where(live & (x > float("-inf")), tl.exp(x - m_new), 0.0)
-    return m_new, z * scale + w, scale, w
 
 
 @triton.jit
@@ -66,12 +57,12 @@ def _moments(xp_ptr, xt_ptr, row, V, stride, lse_sp, lse_st, b1, b2,
         lts = tl.where(sup, xt - lse_st, 0.0)
         d = tl.where(sup, lts - tl.where(sup, xp - lse_sp, 0.0), 0.0)
         x1 = tl.where(sup, lts - b1 * d, float("-inf"))
-        m1, z1, c1, w1 = _lse_step(m1, z1, x1)
+        m1, z1, c1, w1 = lse_step(m1, z1, x1)
         s1 = s1 * c1 + w1 * d
         q1 = q1 * c1 + w1 * d * d
         if TWO:
             x2 = tl.where(sup, lts - b2 * d, float("-inf"))
-            m2, z2, c2, w2 = _lse_step(m2, z2, x2)
+            m2, z2, c2, w2 = lse_step(m2, z2, x2)
             s2 = s2 * c2 + w2 * d
     lz1, f1 = _lanes_lse(m1, z1)
     z1s = tl.sum(z1 * f1, 0)
@@ -110,10 +101,10 @@ def _model_pass(xp_ptr, xt_ptr, row, V, stride, BLOCK: tl.constexpr):
     for start in range(0, V, BLOCK):
         xp, xt = _load(xp_ptr, xt_ptr, row, start + offs, V, stride)
         sup = (xp > float("-inf")) & (xt > float("-inf"))
-        mp, zp, _c, _w = _lse_step(mp, zp, xp)
-        mt, zt, _c, _w = _lse_step(mt, zt, xt)
-        msp, zsp, _c, _w = _lse_step(msp, zsp, tl.where(sup, xp, float("-inf")))
-        mst, zst, _c, _w = _lse_step(mst, zst, tl.where(sup, xt, float("-inf")))
+        mp, zp, _c, _w = lse_step(mp, zp, xp)
+        mt, zt, _c, _w = lse_step(mt, zt, xt)
+        msp, zsp, _c, _w = lse_step(msp, zsp, tl.where(sup, xp, float("-inf")))
+        mst, zst, _c, _w = lse_step(mst, zst, tl.where(sup, xt, float("-inf")))
     lse_p, _f = _lanes_lse(mp, zp)
     lse_t, _f = _lanes_lse(mt, zt)
     lse_sp, _f = _lanes_lse(msp, zsp)
@@ -147,14 +138,6 @@ def _ratio_or_half(num, den, zero):
     a = tl.where((num == float("inf")) & (den < float("inf")), 1.0, a)
     a = tl.where((den == float("inf")) & (num < float("inf")), 0.0, a)
     return tl.where((num == float("inf")) & (den == float("inf")), 0.5, a)
-
-
-@triton.jit
-def _mix_logit(a, lp, lt):
-    both = (lp > float("-inf")) & (lt > float("-inf"))
-    inner = tl.where(both, a * tl.where(both, lp, 0.0) + (1.0 - a) * tl.where(both, lt, 0.0),
-                     float("-inf"))
-    return tl.where(a == 1.0, lp, tl.where(a == 0.0, lt, inner))
 
 
 @triton.jit
@@ -197,16 +180,16 @@ def _stats_pass(xp_ptr, xt_ptr, row, V, stride, lse_p, lse_t, a, BLOCK: tl.const
         lt = xt - lse_t
         fp = lp > float("-inf")
         ft = lt > float("-inf")
-        x = _mix_logit(a, lp, lt)
+        x = mix_logit(a, lp, lt)
         fx = x > float("-inf")
-        m, z, c, w = _lse_step(m, z, x)
+        m, z, c, w = lse_step(m, z, x)
         sxp = sxp * c + w * tl.where(fx & fp, x - lp, 0.0)
         sxt = sxt * c + w * tl.where(fx & ft, x - lt, 0.0)
         sx = sx * c + w * tl.where(fx, x, 0.0)
         infp = infp | (fx & ~fp).to(tl.int32)
         inft = inft | (fx & ~ft).to(tl.int32)
-        ypm, ypz, _c, _w = _lse_step(ypm, ypz, tl.where(fp & fx, 2.0 * lp - x, float("-inf")))
-        ytm, ytz, _c, _w = _lse_step(ytm, ytz, tl.where(ft & fx, 2.0 * lt - x, float("-inf")))
+        ypm, ypz, _c, _w = lse_step(ypm, ypz, tl.where(fp & fx, 2.0 * lp - x, float("-inf")))
+        ytm, ytz, _c, _w = lse_step(ytm, ytz, tl.where(ft & fx, 2.0 * lt - x, float("-inf")))
         e0p = e0p | (fp & ~fx).to(tl.int32)
         e0t = e0t | (ft & ~fx).to(tl.int32)
     log_z, f = _lanes_lse(m, z)
@@ -275,7 +258,7 @@ def _mix_kernel(xp_ptr, xt_ptr, alpha_ptr, force_ptr, out_ptr, stats_ptr, B, V, 
         lt = xt - lse_t
         dst = out_ptr + row * V_full + cols
         keep = cols < V_full
-        tl.store(dst, _mix_logit(a, lp, lt) - log_z, mask=keep)
+        tl.store(dst, mix_logit(a, lp, lt) - log_z, mask=keep)
         tl.store(dst + plane, lp, mask=keep)
         tl.store(dst + 2 * plane, lt, mask=keep)
     st = stats_ptr + row * 12
