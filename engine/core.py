@@ -240,7 +240,10 @@ class _Run:
 
     def __init__(self, engine: Engine, requests, params, progress, should_stop):
         self.e, self.params, self.progress, self.should_stop = engine, params, progress, should_stop
-        self.st = engine.stepper or engine._build()
+        # the stepper (and its graphs) bake in the mixture: a mixture set on the engine since the
+        # last run gets a stepper of its own, built once like the first
+        stale = engine.stepper is not None and engine.stepper.mixture != engine.mixture
+        self.st = engine._build() if engine.stepper is None or stale else engine.stepper
         self.st.set_params(params)
         self.requests = requests
         self.results: list[SampleOutput | None] = [None] * len(requests)

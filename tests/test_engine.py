@@ -271,3 +271,16 @@ def test_cuda_graphs_captured_once_per_engine_and_equal_eager():
     eager = create_optimal_sampling_model(a, b, cuda_graphs=False, **kw).generate(PROMPTS, max_new_tokens=8, seed=3,
                                                                                  ignore_eos=True)
     assert [o.token_ids for o in first] == [o.token_ids for o in again] == [o.token_ids for o in eager]
+
+
+def test_a_mixture_set_between_calls_takes_effect(models):
+    """The stepper is built once per engine, but a mixture assigned to the engine between generate
+    calls (the vLLM comparison tests do this) must be the one sampled from."""
+    from engine.config import MixtureConfig
+
+    qm = make(models, alpha_method="kl_symmetry", max_batch_size=4)
+    first = qm.generate(["hello world"], max_new_tokens=4, temperature=0.0, ignore_eos=True, chat_template=False)
+    qm.mixture = qm.engine.mixture = MixtureConfig(alpha_method="fixed", alpha=1.0)
+    theta_only = qm.generate(["hello world"], max_new_tokens=4, temperature=0.0, ignore_eos=True, chat_template=False)
+    assert all(a == 1.0 for a in theta_only[0].alpha)
+    assert first[0].alpha != theta_only[0].alpha
