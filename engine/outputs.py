@@ -43,6 +43,9 @@ class SampleOutput:
     residual: list[float] = field(default_factory=list)
     clamped: list[float] = field(default_factory=list)   # 1 where alpha_min/alpha_max decided alpha
     forced: list[float] = field(default_factory=list)    # 1 where force_teacher (or support) set alpha = 0
+    drafted: list[float] = field(default_factory=list)   # speculative: 1 = an accepted draft token,
+    # 0 = a corrected / bonus / plain token. Descriptive only, never a weight (logp_behavior is)
+    draft_accept_rate: float | None = None  # speculative: drafts accepted / drafts verified (descriptive)
 
     @property
     def ess_ratio(self) -> list[float]:

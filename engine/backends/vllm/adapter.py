@@ -115,6 +115,9 @@ class VLLMEngine:
     def run(self, requests: list[Request], params: SamplingParams, progress=None,
             should_stop=None) -> list[SampleOutput]:
         """Outputs in request order; with should_stop, unstarted requests are left out (None)."""
+        if params.speculative:
+            raise ValueError(f"speculative={params.speculative}: the vllm backend does not do speculative "
+                             f"mixture sampling; use backend='hf' (--backend hf) or speculative=0")
         for r in requests:
             if not r.error and (msg := per_side_error(r)):
                 raise PairError(msg)
