@@ -42,6 +42,9 @@ class SpeculativeRound:
                 raise ValueError(f"speculative decoding needs both models on the SlotModel (llama-family) "
                                  f"path; {name} runs on the per-row fallback (no multi-token extend): "
                                  f"use speculative=0 for this pair")
+        verifier = stepper.runners[1 - self.side]
+        if hasattr(getattr(verifier, "lin", None), "set_batch_hint"):  # CPU oneDNN packing (cpu_linear.py)
+            verifier.lin.set_batch_hint(stepper.n_slots * (K + 1))
 
     def _params(self, rows: torch.Tensor, reps: int) -> dict:
         st = self.st

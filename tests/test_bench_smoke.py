@@ -43,3 +43,12 @@ def test_gpu_selfcheck_script_runs_on_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert last["correct"] and len(last["summary"]) == 3
+
+
+def test_speculative_bench_prints_table_then_json():
+    r = subprocess.run([sys.executable, "-m", "bench.speculative", "--batch", "2", "--ks", "2", "--new-tokens", "6",
+                        "--repeat", "1", "--hidden", "64", "--layers", "2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["K"] == 2 and row["B"] == 2 and 0 <= row["accept_rate"] <= 1 and row["speedup"] > 0
