@@ -20,9 +20,7 @@ import torch
 
 from .config import EngineConfig, MixtureConfig, SamplingParams
 from .loading import Vocab
-from .outputs import TOKEN_FIELDS, SampleOutput
-
-RECORD_FIELDS = TOKEN_FIELDS + ("drafted",)  # the record tensor's columns
+from .outputs import RECORD_FIELDS, SampleOutput
 
 
 @dataclass

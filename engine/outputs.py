@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 TOKEN_FIELDS = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t",
                 "ess_theta", "ess_t", "entropy_theta", "entropy_t", "entropy_q", "log_z",
                 "iters", "residual", "clamped", "forced")
+RECORD_FIELDS = TOKEN_FIELDS + ("drafted",)  # + speculative decoding's per-token flag (0 elsewhere)
 
 
 @dataclass

@@ -129,3 +129,22 @@ def test_same_alone_or_in_a_batch_and_stops():
 def test_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg):
         _pair().generate([PROMPT], max_new_tokens=2, **kw)
+
+
+def test_pipeline_records_manifest_and_resume_guard(pair_dirs, tmp_path):
+    import json
+
+    from engine.cli import main
+    from tests.test_pipeline import ROWS, lines, run, write_jsonl
+
+    ds, out = write_jsonl(tmp_path / "d.jsonl", ROWS[:2]), tmp_path / "o.jsonl"
+    assert run(pair_dirs, ds, out, "--speculative", 2, "--save-token-stats", "--threads", 1) == 0
+    recs = lines(out)
+    assert all(len(r["drafted"]) == len(r["token_ids"]) and 0 <= r["draft_accept_rate"] <= 1 for r in recs)
+    man = json.loads((tmp_path / "o.manifest.json").read_text())
+    assert man["config"]["speculative"] == 2 and man["config"]["draft"] == "auto" and man["draft_resolved"] == "theta"
+    assert run(pair_dirs, ds, out, "--speculative", 3) == 2  # another K samples differently: refused
+    diag = lines(tmp_path / "o.diagnostics.jsonl")
+    assert all("drafted" in d and "draft_accept_rate" in d for d in diag)
+    assert main(["analyze", str(tmp_path / "o.diagnostics.jsonl"), "--output-dir", str(tmp_path / "a"),
+                 "--no-plots"]) == 0  # the analysis reads records that carry the new fields
