@@ -148,3 +148,20 @@ def test_pipeline_records_manifest_and_resume_guard(pair_dirs, tmp_path):
     assert all("drafted" in d and "draft_accept_rate" in d for d in diag)
     assert main(["analyze", str(tmp_path / "o.diagnostics.jsonl"), "--output-dir", str(tmp_path / "a"),
                  "--no-plots"]) == 0  # the analysis reads records that carry the new fields
+
+
+def test_qstar_check_speculative_passes(pair_dirs, tmp_path, capsys):
+    import json
+
+    from engine.cli import main
+
+    out = tmp_path / "check.json"
+    rc = main(["check", "--model-theta", pair_dirs[0], "--model-t", pair_dirs[1], "--draws", "600", "--samples", "3",
+               "--max-new-tokens", "16", "--threads", "1", "--speculative", "4", "--draft", "t",
+               "--support-top-p", "0.97", "--force-teacher", "first", "--temperature", "0.9", "--top-p", "0.95",
+               "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "speculative 4 (draft t)" in text
+    pit = next(r for r in json.loads(out.read_text())["rows"] if r["name"].startswith("every token ~"))
+    assert pit["detail"]["dof"] == 9
