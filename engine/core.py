@@ -352,14 +352,12 @@ class _Run:
         key = tuple(slots)
         if key != self._rows_key:  # the rows tensor changes only when the active set does
             self._rows_key, self._rows = key, torch.tensor(slots, device=self.e.device)
-        spans = (self.st.span(0, max(self.active[s].pos_theta for s in slots)),
-                 self.st.span(1, max(self.active[s].pos_t for s in slots)))
+        tops = (max(self.active[s].pos_theta for s in slots), max(self.active[s].pos_t for s in slots))
         first = slots[0] if slots[-1] - slots[0] == len(slots) - 1 else None  # sorted, distinct
         if self.spec is not None:
-            tops = (max(self.active[s].pos_theta for s in slots), max(self.active[s].pos_t for s in slots))
             tokens, counts, vals = self.spec(self._rows, tops, first)
             return self._collect(slots, self._rows, tokens, vals, decoded=True, counts=counts)
-        tokens, vals = self.st.step(self._rows, spans, first)
+        tokens, vals = self.st.step(self._rows, (self.st.span(0, tops[0]), self.st.span(1, tops[1])), first)
         self._collect(slots, self._rows, tokens, vals, decoded=True)
 
     def loop(self) -> list[SampleOutput]:

@@ -46,7 +46,8 @@ class SpeculativeRound:
         if hasattr(getattr(verifier, "lin", None), "set_batch_hint"):  # CPU oneDNN packing (cpu_linear.py)
             verifier.lin.set_batch_hint(stepper.n_slots * (K + 1))
 
-    def _params(self, rows: torch.Tensor, reps: int) -> dict:
+    def _params(self, rows: torch.Tensor, reps: int):
+        """The rows' sampling parameters repeated for each of a round's positions, and the repeater."""
         st = self.st
         rep = lambda x: x[rows][:, None].expand(-1, reps).reshape(-1)  # noqa: E731 - (B * reps,)
         return dict(temperature=rep(st.temperature), top_k=rep(st.top_k), top_p=rep(st.top_p),

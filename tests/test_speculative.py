@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 
+from engine.check.runner import pit
 from engine.check.stats import chi_square, rel_err
 from qstar_kernels import behaviour, mix
 from tests import tiny
@@ -48,12 +49,6 @@ def _forced(qm, outs, sampling):
     return m, behaviour(m.logq, **sampling).view(len(outs), T, -1), T
 
 
-def _pit(logb, toks, gen):  # (N,) randomized PIT: uniform on (0, 1) iff toks ~ b
-    p = logb.exp()
-    below = (p.cumsum(-1) - p).gather(1, toks[:, None])[:, 0]
-    return below + torch.rand(len(toks), generator=gen, dtype=torch.float64) * p.gather(1, toks[:, None])[:, 0]
-
-
 @pytest.mark.parametrize("K,draft,support,sampling", [
     (1, "theta", "", dict(temperature=0.8, top_p=0.9)),
     (4, "t", "", dict(temperature=0.8, top_p=0.9)),
@@ -72,7 +67,7 @@ def test_every_position_is_b_distributed(K, draft, support, sampling):
     assert 0 < drafted[:, 1:].mean() < 1, "both paths (accepted drafts, corrections) must be exercised"
     assert drafted[:, K + 1:].any() and (drafted[:, :K + 1].sum(1) == K).any(), "a second round and a bonus"
     for i in range(T):
-        u = _pit(logb[:, i], toks[:, i], gen)
+        u = pit(logb[:, i], toks[:, i], gen)
         cs = chi_square(torch.histc(u, BINS, 0, 1), torch.full((BINS,), 1 / BINS), N)
         assert cs.p > 1e-3 / T, (i, cs)
 
@@ -165,3 +160,14 @@ def test_qstar_check_speculative_passes(pair_dirs, tmp_path, capsys):
     assert "speculative 4 (draft t)" in text
     pit = next(r for r in json.loads(out.read_text())["rows"] if r["name"].startswith("every token ~"))
     assert pit["detail"]["dof"] == 9
+
+
+def test_cache_end_cuts_rounds_and_row_model_refuses():
+    """Rounds that run past the end of a row's cache (writes clamped) only feed tokens that the
+    length stop cuts; the per-row fallback has no multi-token extend and says so."""
+    qm = tiny.pair(max_model_len=30, max_batch_size=4, threads=1)
+    for K in (0, 8):
+        outs = qm.generate(["hi"], n=2, max_new_tokens=40, ignore_eos=True, speculative=K)
+        assert [len(o.token_ids) for o in outs] == [30 - outs[0].num_prompt_tokens_theta] * 2
+    with pytest.raises(ValueError, match="per-row fallback"):
+        tiny.pair(force_row_model=True, threads=1).generate([PROMPT], max_new_tokens=3, speculative=2)
