@@ -8,8 +8,8 @@ shares pi_theta's embeddings, first layer and final norm, its 11 extra layers ar
 (attention and MLP output projections ~1e-4 noise) and its head is pi_theta's slightly perturbed.
 Prints the measured teacher/policy step-cost ratio (one batch-1 decode on the engine's runner), plain
 tokens/s (wall clock, and per CPU second of this process: on a shared box the second is the steadier), speculative tokens/s for each K (draft = theta, the cheaper side), the acceptance rate
-and the speed-up; --smollm2 adds the same-size pair (SmolLM2-135M on both sides), where
-speculative decoding only costs. A table, then one JSON line.
+and the speed-up; --smollm2 adds the same-size pair (SmolLM2-135M on both sides, pi_t's prompt
+with a hint pi_theta does not see), where the drafts save no teacher work worth their cost. A table, then one JSON line.
 Not for: exactness (tests/test_speculative.py, `qstar check --speculative K`).
 """
 from __future__ import annotations
@@ -65,11 +65,12 @@ def step_seconds(model, steps: int = 30) -> float:
     return (time.process_time() - t0) / steps
 
 
-def run(qm, B: int, new_tokens: int, repeat: int, K: int):
+def run(qm, B: int, new_tokens: int, repeat: int, K: int, hint: str = ""):
     """(tokens/s wall, tokens/s of process CPU time, mean draft acceptance rate or None), medians
     of `repeat` timed runs (CPU time: on a shared box other jobs stretch wall time, not it)."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(B)]
-    kw = dict(max_new_tokens=new_tokens, ignore_eos=True, chat_template=False, speculative=K, draft="theta")
+    kw = dict(max_new_tokens=new_tokens, ignore_eos=True, chat_template=False, speculative=K, draft="theta",
+              prompts_t=[hint + p for p in prompts])  # hint: privileged context only pi_t sees
     qm.generate(prompts, **kw)  # warm-up
     wall, cpu, rates = [], [], []
     for r in range(repeat):
@@ -82,16 +83,16 @@ def run(qm, B: int, new_tokens: int, repeat: int, K: int):
     return toks / st.median(wall), toks / st.median(cpu), (sum(rates) / len(rates) if rates else None)
 
 
-def bench_pair(name, policy, teacher, tok, batches, new_tokens, repeat, ks, step_ratio):
+def bench_pair(name, policy, teacher, tok, batches, new_tokens, repeat, ks, step_ratio, hint=""):
     from engine import create_optimal_sampling_model
 
     rows = []
     for B in batches:
         qm = create_optimal_sampling_model(model_theta=policy, model_t=teacher, tokenizer=tok, device="cpu",
                                            max_batch_size=B, threads=1)
-        plain, plain_cpu, _ = run(qm, B, new_tokens, repeat, 0)
+        plain, plain_cpu, _ = run(qm, B, new_tokens, repeat, 0, hint)
         for K in ks:
-            tps, tps_cpu, acc = run(qm, B, new_tokens, repeat, K)
+            tps, tps_cpu, acc = run(qm, B, new_tokens, repeat, K, hint)
             rows.append(dict(pair=name, B=B, step_ratio=round(step_ratio, 2), K=K, plain_tok_s=round(plain, 1),
                              spec_tok_s=round(tps, 1), accept_rate=round(acc, 3), speedup=round(tps / plain, 2),
                              plain_cpu_tok_s=round(plain_cpu, 1), spec_cpu_tok_s=round(tps_cpu, 1),
@@ -137,8 +138,9 @@ def smollm2_rows(args):
     tok = AutoTokenizer.from_pretrained(local)
     m = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32).eval()
     t = copy.deepcopy(m)
+    # pi_t sees a hint pi_theta does not (the distillation setting): the two disagree as real pairs do
     return bench_pair("smollm2-135m x2", m, t, tok, [1], args.new_tokens, args.repeat, [4],
-                      step_seconds(t) / step_seconds(m))
+                      step_seconds(t) / step_seconds(m), hint="Answer in French, in one short sentence. ")
 
 
 if __name__ == "__main__":

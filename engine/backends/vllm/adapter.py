@@ -168,6 +168,7 @@ class VLLMEngine:
                 for s, e in zip(lp.start_indices, lp.end_indices)]
         for name, col in zip(codec.FIELDS, zip(*rows) if rows else [()] * len(codec.FIELDS)):
             setattr(so, name, list(col))
+        so.drafted = [0.0] * len(toks)  # no speculative mode here: every token is a plain draw
         text = self.pair.tokenizer.decode(toks, skip_special_tokens=True)
         if so.finish_reason == "stop" and params.stop:
             cut = [text.find(s) for s in params.stop if s in text]
