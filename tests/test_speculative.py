@@ -8,7 +8,7 @@ import torch
 
 from engine.check.runner import pit
 from engine.check.stats import chi_square, rel_err
-from qstar_kernels import behaviour, mix
+from qstar_kernels import METHODS, behaviour, mix
 from tests import tiny
 
 PROMPT = "what is two plus two?"
@@ -72,9 +72,10 @@ def test_every_position_is_b_distributed(K, draft, support, sampling):
         assert cs.p > 1e-3 / T, (i, cs)
 
 
-def test_records_equal_teacher_forced_recomputation():
-    qm, sampling = _pair(force_teacher="first,special"), dict(temperature=0.9, top_k=30, top_p=0.95)
-    outs = qm.generate([PROMPT], n=6, max_new_tokens=12, ignore_eos=True, seed=2, speculative=3, draft="t",
+@pytest.mark.parametrize("method", METHODS)
+def test_records_equal_teacher_forced_recomputation(method):
+    qm, sampling = _pair(method, force_teacher="first,special"), dict(temperature=0.9, top_k=30, top_p=0.95)
+    outs = qm.generate([PROMPT], n=4, max_new_tokens=12, ignore_eos=True, seed=2, speculative=3, draft="t",
                        **sampling)
     m, logb, T = _forced(qm, outs, sampling)
     tok = torch.tensor([o.token_ids for o in outs]).reshape(-1, 1)
@@ -139,6 +140,12 @@ def test_pipeline_records_manifest_and_resume_guard(pair_dirs, tmp_path):
     man = json.loads((tmp_path / "o.manifest.json").read_text())
     assert man["config"]["speculative"] == 2 and man["config"]["draft"] == "auto" and man["draft_resolved"] == "theta"
     assert run(pair_dirs, ds, out, "--speculative", 3) == 2  # another K samples differently: refused
+    part = tmp_path / "p.jsonl"  # resumed in two sessions: the same samples
+    assert run(pair_dirs, ds, part, "--speculative", 2, "--save-token-stats", "--num-samples", 1) == 0
+    assert run(pair_dirs, ds, part, "--speculative", 2, "--save-token-stats", "--batch-size", 1) == 0
+    key = lambda r: (r["sample_idx"], r["n"])  # noqa: E731
+    assert sorted(([key(r), r["token_ids"]] for r in lines(part)), key=str) == \
+        sorted(([key(r), r["token_ids"]] for r in recs), key=str)
     diag = lines(tmp_path / "o.diagnostics.jsonl")
     assert all("drafted" in d and "draft_accept_rate" in d for d in diag)
     assert main(["analyze", str(tmp_path / "o.diagnostics.jsonl"), "--output-dir", str(tmp_path / "a"),
