@@ -46,50 +46,48 @@ class SpeculativeRound:
         if hasattr(getattr(verifier, "lin", None), "set_batch_hint"):  # CPU oneDNN packing (cpu_linear.py)
             verifier.lin.set_batch_hint(stepper.n_slots * (K + 1))
 
-    def _params(self, rows: torch.Tensor, reps: int):
-        """The rows' sampling parameters repeated for each of a round's positions, and the repeater."""
-        st = self.st
-        rep = lambda x: x[rows][:, None].expand(-1, reps).reshape(-1)  # noqa: E731 - (B * reps,)
-        return dict(temperature=rep(st.temperature), top_k=rep(st.top_k), top_p=rep(st.top_p),
-                    min_p=rep(st.min_p)), rep
-
     def __call__(self, rows: torch.Tensor, tops: tuple[int, int], first: int | None = None):
         """rows (B,) slots; tops: the largest next position per side (host ints). Returns tokens
         (B, K+1), counts (B,) (tokens emitted per row, 1..K+1) and values (B, K+1, F + 1): the
         TOKEN_FIELDS then `drafted`."""
         st, K, D = self.st, self.K, self.side
-        W, V = st.pair.vocab.logits_width, st.pair.vocab.vocab_size
-        B = rows.shape[0]
-        samp, rep = self._params(rows, K + 1)
+        W, B = st.pair.vocab.logits_width, rows.shape[0]
         seeds, keys, n = st.seed[rows], st.keys[rows], st.n[rows]
         spans = [st.span(s, tops[s] + K) for s in (0, 1)]
-        tok, pos_d = st.last_tok[rows], st.pos[D, rows]
-        lg_d, logd, drafts = [], [], []
-        one = dict(temperature=st.temperature[rows], top_k=st.top_k[rows], top_p=st.top_p[rows],
-                   min_p=st.min_p[rows])
-        for i in range(K + 1):
-            lg_d.append(st.runners[D].decode(rows, tok, pos_d + i, span=spans[D], first=first)[:, :W])
-            if i < K:
-                tok, ld = draft(lg_d[-1], D, vocab_size=V, seeds=seeds, keys=keys, positions=n + i, **one)
-                logd.append(ld)
-                drafts.append(tok)
-        drafts = torch.stack(drafts, 1)  # (B, K)
+        lg_d, logd, drafts = self._draft(rows, seeds, keys, n, spans[D], first)
         seq = torch.cat([st.last_tok[rows][:, None], drafts], 1)  # (B, K + 1)
         lg_o = st.runners[1 - D].extend(rows, seq, st.pos[1 - D, rows], span=spans[1 - D])[..., :W]
-        lg_d = torch.stack(lg_d, 1)
         theta, t = (lg_d, lg_o) if D == 0 else (lg_o, lg_d)
-        m, logb = self._behaviour(theta.reshape(B * (K + 1), W), t.reshape(B * (K + 1), W), rows, n, samp, rep)
-        v = verify(logb.view(B, K + 1, W), torch.stack(logd, 1), drafts, seeds, keys, n)
-        vals = self._values(m, v)
+        m, logb = self._behaviour(theta.reshape(B * (K + 1), W), t.reshape(B * (K + 1), W), rows, n)
+        v = verify(logb.view(B, K + 1, W), logd, drafts, seeds, keys, n)
         counts = v.n_accepted + 1
         st.last_tok[rows] = v.tokens.gather(1, v.n_accepted[:, None])[:, 0]
         st.pos[:, rows] += counts[None, :]  # rollback: the next round overwrites past the emitted tokens
         st.n[rows] = n + counts
-        return v.tokens, counts, vals.view(B, K + 1, -1)
+        return v.tokens, counts, self._values(m, v).view(B, K + 1, -1)
 
-    def _behaviour(self, theta, t, rows, n, samp, rep):
+    def _draft(self, rows, seeds, keys, n, span, first):
+        """The draft model decodes the last token and its own K draws: logits (B, K+1, W) at the
+        round's K + 1 positions, log d (B, K, V) and the drafts (B, K)."""
+        st, K, D, W = self.st, self.K, self.side, self.st.pair.vocab.logits_width
+        tok, pos = st.last_tok[rows], st.pos[D, rows]
+        one = dict(temperature=st.temperature[rows], top_k=st.top_k[rows], top_p=st.top_p[rows],
+                   min_p=st.min_p[rows])
+        lg, logd, drafts = [], [], []
+        for i in range(K + 1):
+            lg.append(st.runners[D].decode(rows, tok, pos + i, span=span, first=first)[:, :W])
+            if i < K:
+                tok, ld = draft(lg[-1], D, vocab_size=st.pair.vocab.vocab_size, seeds=seeds, keys=keys,
+                                positions=n + i, **one)
+                logd.append(ld)
+                drafts.append(tok)
+        return torch.stack(lg, 1), torch.stack(logd, 1), torch.stack(drafts, 1)
+
+    def _behaviour(self, theta, t, rows, n):
         """The Mixture and log b at every (row, position) of the round, flattened (B * (K+1), W)."""
         st, mx = self.st, self.st.mixture
+        rep = lambda x: x[rows][:, None].expand(-1, self.K + 1).reshape(-1)  # noqa: E731 - (B * (K+1),)
+        samp = dict(temperature=rep(st.temperature), top_k=rep(st.top_k), top_p=rep(st.top_p), min_p=rep(st.min_p))
         positions = (n[:, None] + torch.arange(self.K + 1, device=n.device)[None, :]).reshape(-1)
         return behaviour_mixture(theta, t, mx.alpha_method, alpha=rep(st.alpha), alpha_min=mx.alpha_min,
                                  alpha_max=mx.alpha_max, vocab_size=st.pair.vocab.vocab_size,

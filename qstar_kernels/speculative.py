@@ -18,9 +18,8 @@ Not for: running models, caches or rolling positions back (engine/speculative.py
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 
