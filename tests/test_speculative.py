@@ -109,6 +109,9 @@ def test_same_alone_or_in_a_batch_and_stops():
     assert alone[0].token_ids == batch[5].token_ids and alone[0].drafted == batch[5].drafted
     torch.testing.assert_close(alone[0].logq, batch[5].logq, atol=1e-5, rtol=0)  # batched matmul rounding
     assert all(len(o.token_ids) == 13 and len(o.drafted) == 13 for o in batch)  # never past max_new_tokens
+    greedy = dict(kw, temperature=0.0)  # b and d are point masses: the plain run's tokens exactly
+    assert [o.token_ids for o in qm.generate([PROMPT], ignore_eos=True, **greedy)] == \
+        [o.token_ids for o in qm.generate([PROMPT], ignore_eos=True, **dict(greedy, speculative=0))]
     eos = qm.pair.vocab.eos_ids
     for o in qm.generate([PROMPT], n=16, **dict(kw, max_new_tokens=40)):
         assert not set(o.token_ids[:-1]) & eos and len(o.token_ids) <= 40
