@@ -32,9 +32,11 @@ $(TRITON39): $(STAMP)
 	$(PIP) install --no-deps --target .triton39 triton==3.9.0
 	touch $(TRITON39)
 
-# pytest exits 5 when it collects no test: that fails here like any other failure
+# pytest exits 5 when it collects no test: that fails here like any other failure.
+# TEST_WORKERS pytest-xdist workers (one torch thread each); the Ray and crash tests share one worker
+TEST_WORKERS ?= 2
 test: $(STAMP) $(TRITON39)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the whole job on a real pair (SmolLM2-135M both sides, teacher sees the solution): demo-output/
 demo: $(STAMP)

@@ -18,6 +18,9 @@ from engine.outputs import TOKEN_FIELDS, SampleOutput
 from test_crash_resume import start
 from test_pipeline import ROWS, write_jsonl
 
+# they spawn processes (and a Ray instance): under `pytest -n 2` (make test) one worker runs them in turn
+pytestmark = pytest.mark.xdist_group("processes")
+
 try:
     import ray
 except ImportError:
