@@ -1,5 +1,6 @@
 """rollout.name=qstar resolves in a fresh process both ways verl loads plugins: the `verl.plugins`
-entry point qstar installs, and VERL_USE_EXTERNAL_MODULES; with neither, it does not."""
+entry point qstar installs, and VERL_USE_EXTERNAL_MODULES (entry points switched off there, so only
+the variable can have registered it). Each process imports verl: ~10-30 s on 2 cores."""
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ CODE = ("import verl\nfrom verl.workers.rollout.replica import get_rollout_repli
         "print('FOUND', r, a, 'qstar_agent' in _agent_loop_registry)\n")
 
 
-@pytest.mark.parametrize("way", ["entry_point", "env", "neither"])
+@pytest.mark.parametrize("way", ["entry_point", "env"])
 def test_registration_in_a_fresh_process(way, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
     if way != "entry_point":
@@ -24,7 +25,4 @@ def test_registration_in_a_fresh_process(way, tmp_path):
     p = subprocess.run([sys.executable, "-c", CODE], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-2000:]
-    if way == "neither":
-        assert last == "FOUND None None False", last
-    else:
-        assert last == "FOUND QStarReplica QStarRolloutAdapter True", last
+    assert last == "FOUND QStarReplica QStarRolloutAdapter True", last
