@@ -42,7 +42,9 @@ def _config(pair_dirs):
 def ray_session():
     import ray
 
+    # no idle workers prestarted: on 2 cores they only slow the three actors this test starts
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
