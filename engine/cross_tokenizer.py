@@ -156,6 +156,8 @@ class CrossPair:
     eos_theta: frozenset[int] = frozenset()
     rule: str = MAPPING_RULE
     tokenizer_t: str = ""             # fingerprint of the teacher's tokenizer
+    # where decode time goes, summed over runs (bench/cross_tokenizer.py): seconds and counts
+    timing: dict = field(default_factory=lambda: dict(reencode=0.0, extend=0.0, steps=0, fed=0, rows=0))
     _encode: object = field(default=None, repr=False)
 
     @classmethod
@@ -250,7 +252,7 @@ class CrossRows:
         self.cp = cp
         self.views: dict[int, TeacherView] = {}
         self.prompt: dict[int, int] = {}
-        self.timing = dict(reencode=0.0, extend=0.0, steps=0)
+        self.timing = cp.timing
 
     def start(self, slot: int, prompt_len_t: int) -> None:
         self.views[slot] = TeacherView(self.cp)
@@ -275,6 +277,8 @@ class CrossRows:
             c, new = self.views[s].feed()
             feeds.append((self.prompt[s] + c, new))
         self.timing["steps"] += 1
+        self.timing["rows"] += len(feeds)
+        self.timing["fed"] += sum(len(new) for _, new in feeds)
         return st.cross_step(rows, feeds, span_theta, first, self.timing)
 
     def finish(self, slot: int, out) -> None:

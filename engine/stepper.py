@@ -82,7 +82,10 @@ class Stepper:
             raise ValueError(f"cross-tokenizer mode needs a teacher the slot engine runs (llama, qwen2, qwen3, "
                              f"mistral; rollback uses SlotModel.extend): {self.pair.name_t} runs on the per-row "
                              "fallback" + (" because force_row_model=True" if self.cfg.force_row_model else ""))
-        self.carry_index = torch.tensor(cross.index, dtype=torch.int64, device=self.device)
+        from qstar_kernels.carry import carry_table
+
+        self.carry_index, self.carry_targets = carry_table(torch.tensor(cross.index, dtype=torch.int64,
+                                                                        device=self.device))
         width_t = self.pair.model_t.get_output_embeddings().weight.shape[0]
         self.t_logits = torch.zeros(S, width_t, dtype=torch.float32, device=self.device)  # last teacher row per slot
 
@@ -132,7 +135,7 @@ class Stepper:
             from qstar_kernels.carry import carry
 
             self.t_logits[rows] = logits_t.float()
-            logits_t = carry(logits_t, self.carry_index, W, self.pair.cross.n_real_t)
+            logits_t = carry(logits_t, self.carry_index, W, self.pair.cross.n_real_t, self.carry_targets)
         st = mix_step(logits_theta[:, :W], logits_t[:, :W], m.alpha_method, alpha=self.alpha[rows],
                       alpha_min=m.alpha_min, alpha_max=m.alpha_max, vocab_size=self.pair.vocab.vocab_size,
                       temperature=self.temperature[rows], top_k=self.top_k[rows], top_p=self.top_p[rows],

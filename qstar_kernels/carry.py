@@ -6,7 +6,7 @@ pair by engine/cross_tokenizer.py), the carried distribution is
     log π̃_t(y) = logsumexp_{τ : index[τ] = y} log π_t(τ)          (−inf when no τ maps to y)
 
 over the policy's W columns: a proper distribution (it sums to 1) that keeps all of π_t's mass.
-`carry` is one masked log-softmax plus one scatter-logsumexp per step on the device; `carry_ref`
+`carry` is one masked log-softmax plus one scatter-sum (float64) per step on the device; `carry_ref`
 is the float64 brute force it is tested against. Teacher columns at or beyond `n_real` (padded
 embedding rows) get no mass. Policy ids that receive no mass are −inf: the mixture treats them
 like masked vocabulary (q gives them 0 unless a = 1, where q = π_θ), with `where`, never NaN
@@ -27,21 +27,35 @@ def teacher_log_probs(logits_t: torch.Tensor, n_real: int) -> torch.Tensor:
     return torch.log_softmax(x, -1)
 
 
-def carry(logits_t: torch.Tensor, index: torch.Tensor, width: int, n_real: int | None = None) -> torch.Tensor:
+def carry_table(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(compact (Vt,), targets (R,)): the θ ids that receive mass at all, sorted, and each teacher
+    id's position among them — built once, so the per-step sum and log touch R columns, not W."""
+    targets, compact = torch.unique(index, sorted=True, return_inverse=True)
+    return compact, targets
+
+
+def carry(logits_t: torch.Tensor, index: torch.Tensor, width: int, n_real: int | None = None,
+          targets: torch.Tensor | None = None) -> torch.Tensor:
     """(B, width) log π̃_t from teacher logits (B, Vt >= len(index)) and index (Vt',) int64 in
-    [0, width). Columns of logits_t beyond len(index) or n_real carry nothing."""
+    [0, width) — or, with `targets` from carry_table, the compact index. Columns of logits_t
+    beyond len(index) or n_real carry nothing.
+
+    One index_add_ of exp(lt − row max) in float64 (a scatter-logsumexp whose terms cannot
+    underflow for log-probs above about −700; below that a term counts as 0), then the log:
+    a θ id with no preimage gets log 0 = −inf, never NaN. On CUDA the float64 atomics make the
+    sum order free: results agree to ~1e-16 relative."""
     Vt = index.shape[0]
     n_real = Vt if n_real is None else min(n_real, Vt)
     lt = teacher_log_probs(logits_t[:, :Vt], n_real)  # (B, Vt)
-    B = lt.shape[0]
-    idx = index[None, :].expand(B, Vt)
-    top = torch.full((B, width), float("-inf"), dtype=lt.dtype, device=lt.device)
-    top = top.scatter_reduce(1, idx, lt, "amax", include_self=True)  # (B, W) max per target
-    base = top.gather(1, idx)  # (B, Vt)
-    # exp(-inf - (-inf)) would be NaN: a column whose max is -inf contributes 0
-    terms = torch.where(base > float("-inf"), torch.exp(lt - base), torch.zeros_like(lt))
-    acc = torch.zeros_like(top).scatter_add_(1, idx, terms)  # (B, W), each >= 1 where top is finite
-    return torch.where(top > float("-inf"), top + torch.log(acc.clamp_min(1.0)), top)
+    top = lt.amax(-1, keepdim=True)  # (B, 1), finite: every row has real columns
+    terms = torch.exp((lt - top).double())  # (B, Vt) in [0, 1]
+    R = width if targets is None else targets.shape[0]
+    acc = torch.zeros(lt.shape[0], R, dtype=torch.float64, device=lt.device).index_add_(1, index, terms)
+    vals = (torch.log(acc) + top.double()).to(lt.dtype)  # (B, R)
+    if targets is None:
+        return vals
+    out = torch.full((lt.shape[0], width), float("-inf"), dtype=lt.dtype, device=lt.device)
+    return out.index_copy_(1, targets, vals)  # (B, W)
 
 
 def carry_ref(logits_t: torch.Tensor, index, width: int, n_real: int | None = None) -> torch.Tensor:

@@ -73,7 +73,7 @@ DIRECTIONS = [("tiny", "smol"), ("smol", "tiny")]
 
 # ---- the carry ----------------------------------------------------------------------------------
 def test_carry_equals_brute_force_and_sums_to_one():
-    from qstar_kernels.carry import carry, carry_ref
+    from qstar_kernels.carry import carry, carry_ref, carry_table
 
     g = torch.Generator().manual_seed(0)
     Vt, W, n_real = 60, 25, 55  # teacher columns 55.. are padding; θ ids 20.. get no mass
@@ -86,6 +86,8 @@ def test_carry_equals_brute_force_and_sums_to_one():
         assert torch.equal(got > float("-inf"), fin)
         assert (got[fin] - want[fin]).abs().max() < tol
         assert (torch.logsumexp(got, -1).abs() < tol * 10).all()
+        compact = carry(logits.to(dtype), *carry_table(index)[:1], W, n_real, carry_table(index)[1])
+        assert torch.equal(compact, got.to(dtype))  # the compact table: the same values
     assert not fin[:, 20:].any()
 
 
@@ -215,11 +217,10 @@ def test_gate_points_to_cross_tokenizer_and_vllm_refuses():
         create_optimal_sampling_model("a", "b", cross_tokenizer=True, backend="vllm")
 
 
-@pytest.mark.parametrize("theta,t", DIRECTIONS)
-def test_check_passes_first_tokens_and_recompute(theta, t):
+def test_check_passes_first_tokens_and_recompute(theta="smol", t="tiny"):
     """qstar check's three checks: chi-square of first tokens against the exact q (valid pooling),
     recorded values == teacher-forced recomputation (the teacher on its full encoding of each
-    prefix, carried in float64), the alpha equation."""
+    prefix, carried in float64), the alpha equation. The other direction: the CLI test below."""
     from engine.check.runner import check
     from engine.config import MixtureConfig
 
