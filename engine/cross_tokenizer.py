@@ -192,7 +192,7 @@ class CrossPair:
         return list(self.encode(text).ids) if text else []
 
     def summary(self) -> dict:
-        return dict(mapping_rule=self.rule, teacher_tokenizer=self.tokenizer_t,
+        return dict(mapping_rule=self.rule, rule=RULE_TEXT, teacher_tokenizer=self.tokenizer_t,
                     window=f"{self.margin} chars" if self.margin else "full re-encode",
                     direct_theta_tokens=sum(self.direct))
 

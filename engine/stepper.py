@@ -135,7 +135,8 @@ class Stepper:
             from qstar_kernels.carry import carry
 
             self.t_logits[rows] = logits_t.float()
-            logits_t = carry(logits_t, self.carry_index, W, self.pair.cross.n_real_t, self.carry_targets)
+            logits_t = carry(logits_t, self.carry_index, W, self.pair.cross.n_real_t, self.carry_targets)  # fp32
+            logits_theta = logits_theta.float()  # one dtype for the step (bf16 / fp16 models)
         st = mix_step(logits_theta[:, :W], logits_t[:, :W], m.alpha_method, alpha=self.alpha[rows],
                       alpha_min=m.alpha_min, alpha_max=m.alpha_max, vocab_size=self.pair.vocab.vocab_size,
                       temperature=self.temperature[rows], top_k=self.top_k[rows], top_p=self.top_p[rows],
