@@ -24,7 +24,7 @@ BPE(piece) over the regex pieces, after added tokens are split out; the regex ha
 and looks at most a few characters past a piece's end. So when text grows at its end, every
 piece that ends at least `margin` characters before the old end is unchanged, and so are its
 tokens. The window starts at the last token that starts a piece (word_ids of the encoding) at
-or before old_len − margin, with margin = max(4, the longest added token): the text from there
+or before old_len − margin (bytes), with margin = max(16, the longest added token): the text from there
 is re-encoded, the tokens before it are kept. Any other tokenizer is re-encoded in full every
 step (exact by definition, slower). tests/test_cross_tokenizer.py checks, at every step, that
 the tokens equal a full encoding of the text (merges that move earlier boundaries, multi-byte
@@ -123,7 +123,8 @@ def map_tokens(bytes_t: list[bytes], bytes_theta: list[bytes], *, eos_t=(), eos_
 
 
 def windowed(tok) -> int | None:
-    """The window margin (characters) when the WINDOW RULE holds for `tok`, else None."""
+    """The window margin (bytes) when the WINDOW RULE holds for `tok`, else None: 16 (the regex
+    looks at most 3 characters past a piece, 4 bytes each) or the longest added token."""
     bt = getattr(tok, "backend_tokenizer", None)
     if bt is None:
         return None
@@ -133,7 +134,7 @@ def windowed(tok) -> int | None:
     if pre is None or not str(pre).startswith("ByteLevel(") or "use_regex=True" not in str(pre):
         return None
     added = [t.content for t in (getattr(tok, "added_tokens_decoder", None) or {}).values()]
-    return max([4] + [len(a) for a in added])
+    return max([16] + [len(a.encode("utf-8")) for a in added])
 
 
 def fingerprint(tok) -> str:
@@ -149,10 +150,11 @@ class CrossPair:
     tok_theta: object
     tok_t: object
     bytes_theta: list[bytes]
+    bytes_t: list[bytes]
     index: list[int]                  # teacher id -> θ id
     direct: list[bool]                # θ id: exactly one teacher preimage, with the same bytes
     n_real_t: int                     # teacher tokenizer ids; logits columns beyond carry nothing
-    margin: int | None                # window margin (chars); None: full re-encode every step
+    margin: int | None                # window margin (bytes); None: full re-encode every step
     eos_theta: frozenset[int] = frozenset()
     rule: str = MAPPING_RULE
     tokenizer_t: str = ""             # fingerprint of the teacher's tokenizer
@@ -175,7 +177,7 @@ class CrossPair:
         for tau, y in enumerate(index):
             direct[y] = counts[y] == 1 and b_t[tau] == b_theta[y]
         bt = tok_t.backend_tokenizer
-        return cls(tok_theta=tok_theta, tok_t=tok_t, bytes_theta=b_theta, index=index, direct=direct,
+        return cls(tok_theta=tok_theta, tok_t=tok_t, bytes_theta=b_theta, bytes_t=b_t, index=index, direct=direct,
                    n_real_t=len(b_t), margin=windowed(tok_t), eos_theta=frozenset(eos_theta),
                    tokenizer_t=fingerprint(tok_t),
                    _encode=lambda text: bt.encode(text, add_special_tokens=False))
@@ -193,29 +195,34 @@ class CrossPair:
 
     def summary(self) -> dict:
         return dict(mapping_rule=self.rule, rule=RULE_TEXT, teacher_tokenizer=self.tokenizer_t,
-                    window=f"{self.margin} chars" if self.margin else "full re-encode",
+                    window=f"{self.margin} bytes" if self.margin else "full re-encode",
                     direct_theta_tokens=sum(self.direct))
 
 
 class TeacherView:
-    """One row's teacher tokens: ids == encode(text) after every append (module docstring)."""
+    """One row's teacher tokens: ids == encode(text) after every append (module docstring).
+    Positions are byte offsets into the text's UTF-8, summed from the teacher tokens' own bytes
+    (not the tokenizer's offsets, whose trimming varies); when those bytes do not spell the text,
+    the view stops using the window and re-encodes in full (exact either way)."""
 
     def __init__(self, cp: CrossPair):
         self.cp = cp
         self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.text = ""
+        self.text = ""                # the teacher's text: the complete characters so far
+        self.raw = bytearray()        # text as UTF-8
         self.ids: list[int] = []
-        self.starts: list[int] = []   # each token's first character in text
+        self.starts: list[int] = []   # each token's first byte in raw
         self.word: list[bool] = []    # the token starts a pre-tokenizer piece
         self.kv: list[int] = []       # the ids the teacher's KV holds (as of the last feed)
         self.dirty = 0                # ids[:dirty] are unchanged since the last feed
-        self.reencoded = 0            # characters re-encoded (the window's cost, for benchmarks)
+        self.margin = cp.margin  # bytes
+        self.reencoded = 0            # bytes re-encoded (the window's cost, for tests and benchmarks)
 
     def _window(self, old_len: int) -> int:
         """Token index the re-encoding starts at (the WINDOW RULE); 0 = everything."""
-        if self.cp.margin is None:
+        if self.margin is None:
             return 0
-        limit = old_len - self.cp.margin
+        limit = old_len - self.margin
         for k in range(len(self.ids) - 1, 0, -1):
             if self.starts[k] <= limit and self.word[k]:
                 return k
@@ -225,16 +232,29 @@ class TeacherView:
         new = self.dec.decode(data)
         if not new:
             return  # an incomplete character: the teacher waits for its last byte
-        k = self._window(len(self.text))
+        k = self._window(len(self.raw))
         self.text += new
+        self.raw += new.encode("utf-8")
+        if not self._encode_from(k) and k:
+            self.margin = None  # this tokenizer's token bytes do not spell its text: no window
+            self._encode_from(0)
+        self.dirty = min(self.dirty, k)
+
+    def _encode_from(self, k: int) -> bool:
+        """Re-encode raw from token k's first byte; False when the token bytes miss the text."""
         b = self.starts[k] if k < len(self.starts) else 0
-        enc = self.cp.encode(self.text[b:])
-        self.reencoded += len(self.text) - b
+        enc = self.cp.encode(self.raw[b:].decode("utf-8"))  # b starts a piece: a character boundary
+        self.reencoded += len(self.raw) - b
+        bt = self.cp.bytes_t
+        pos, starts = b, []
+        for i in enc.ids:
+            starts.append(pos)
+            pos += len(bt[i]) if i < len(bt) else 0
         words = enc.word_ids
         self.ids[k:] = enc.ids
-        self.starts[k:] = [b + s for s, _ in enc.offsets]
+        self.starts[k:] = starts
         self.word[k:] = [i == 0 or w is None or w != words[i - 1] for i, w in enumerate(words)]
-        self.dirty = min(self.dirty, k)
+        return pos == len(self.raw)
 
     def feed(self) -> tuple[int, list[int]]:
         """(first changed index c, ids[c:]): roll the teacher's KV back to c and append these."""

@@ -162,7 +162,7 @@ def test_teacher_tokens_equal_full_encoding_at_every_step(theta, t):
     cp = cross_pair(theta, t)
     rollbacks = 0
     for seq in theta_feeds(toks(theta), cp, TEXT):
-        v, kv, full_chars = TeacherView(cp), [], 0
+        v, kv, full_bytes = TeacherView(cp), [], 0
         for k, y in enumerate(seq):
             v.append(cp.bytes_theta[y])
             assert v.ids == cp.teacher_ids(seq[:k + 1]), (k, v.text)
@@ -170,10 +170,26 @@ def test_teacher_tokens_equal_full_encoding_at_every_step(theta, t):
             rollbacks += c < len(kv)
             kv = kv[:c] + new
             assert kv == v.ids
-            full_chars += len(v.text)
-        assert v.text == TEXT
-        assert v.reencoded < full_chars / 3  # the window, not a full re-encode each step
+            full_bytes += len(v.raw)
+        assert v.text == TEXT and v.margin is not None
+        assert v.reencoded < full_bytes / 3  # the window, not a full re-encode each step
     assert rollbacks > 0  # merges moved earlier boundaries
+
+
+@pytest.mark.parametrize("theta,t", DIRECTIONS)
+def test_teacher_tokens_on_random_theta_tokens(theta, t):
+    """Random θ tokens: arbitrary bytes (invalid UTF-8 read as U+FFFD, characters split anywhere)."""
+    from engine.cross_tokenizer import TeacherView
+
+    cp = cross_pair(theta, t)
+    g = torch.Generator().manual_seed(3)
+    plain = [i for i, b in enumerate(cp.bytes_theta) if b and not b.startswith(b"<")]
+    for _ in range(3):
+        seq = [plain[i] for i in torch.randint(0, len(plain), (50,), generator=g).tolist()]
+        v = TeacherView(cp)
+        for k, y in enumerate(seq):
+            v.append(cp.bytes_theta[y])
+            assert v.ids == cp.teacher_ids(seq[:k + 1]), (k, v.text)
 
 
 def test_kv_after_rollback_equals_fresh_prefill():
