@@ -297,3 +297,8 @@ def test_cli_check_and_generate_with_cross_tokenizer(tmp_path, capsys):
     assert summary["cross_tokenizer"]["teacher_tokenizer"] == manifest["cross_tokenizer"]["teacher_tokenizer"]
     rec = json.loads(out.read_text().splitlines()[0])
     assert 0 <= rec["carry_direct"] <= 1 and 0 <= rec["noncanonical"] <= 1
+    capsys.readouterr()
+    assert main(argv) == 2  # resuming without the flag: the config hash differs, refused by name
+    assert "cross_tokenizer" in capsys.readouterr().err
+    assert main(argv + ["--cross-tokenizer"]) == 0  # the same run resumes (nothing left to do)
+    assert len(out.read_text().splitlines()) == 1
