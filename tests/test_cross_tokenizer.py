@@ -266,6 +266,18 @@ def test_records_name_the_carry_and_differ_from_theta_canonical():
     for o in outs:
         assert 0.0 <= o.carry_direct <= 1.0 and 0.0 <= o.noncanonical <= 1.0
         assert all(math.isfinite(x) for x in o.logp_behavior)
+    # the 400-id teacher puts mass only on short θ tokens: θ leaves its own tokenization
+    assert sum(o.noncanonical for o in outs) > 0 and sum(o.carry_direct for o in outs) > 0
+
+
+def test_noncanonical_measure():
+    from engine.cross_tokenizer import noncanonical
+
+    cp = cross_pair("smol", "tiny")
+    canon, single = theta_feeds(toks("smol"), cp, TEXT)
+    assert noncanonical(cp, canon, TEXT) == 0.0
+    # byte by byte: every byte ends a sampled token; only the canonical ends among them count as canonical
+    assert noncanonical(cp, single, TEXT) == pytest.approx(1 - len(canon) / len(TEXT.encode()))
 
 
 def test_cli_check_and_generate_with_cross_tokenizer(tmp_path, capsys):
