@@ -60,6 +60,8 @@ class Pair:
     cuda_graphs: bool = False
     runner_theta: object = None  # set when the engine builds its runners (for inspection)
     runner_t: object = None
+    tokenizer_t: object = None   # the teacher's own tokenizer (cross-tokenizer mode; else `tokenizer`)
+    cross: object = None         # cross_tokenizer.CrossPair: the teacher is carried onto θ's vocabulary
 
 
 class Engine:
@@ -143,7 +145,8 @@ class Engine:
                 prefixes.pop(req.group, None)
         if not rows_lg:
             return None, None, errors
-        return (torch.stack([a[:W] for a, _ in rows_lg]), torch.stack([b[:W] for _, b in rows_lg]), errors)
+        # the teacher's row keeps its own width: cross-tokenizer mode carries it onto θ's in the step
+        return (torch.stack([a[:W] for a, _ in rows_lg]), torch.stack([b for _, b in rows_lg]), errors)
 
     def _packed(self, fresh: list[tuple[int, Request]]):
         """[(logits_theta, logits_t) or None per row], {slot: error}. One packed forward per side;
@@ -258,6 +261,11 @@ class _Run:
         F = len(TOKEN_FIELDS)
         self.record = torch.zeros(self.st.n_slots + 1, params.max_new_tokens, F, device=engine.device)
         self._rows_key, self._rows = None, None
+        self.cross = None  # cross-tokenizer mode: each row's teacher view (cross_tokenizer.CrossRows)
+        if engine.pair.cross is not None:
+            from .cross_tokenizer import CrossRows
+
+            self.cross = CrossRows(engine.pair.cross)
 
     def _error(self, req: Request, err: str) -> None:
         self.results[req.index] = SampleOutput(prompt_index=req.prompt_index, sample_index=req.sample_index,
@@ -292,6 +300,8 @@ class _Run:
                       [len(r.ids_t) for _, r in ok])
         for slot, req in ok:
             self.active[slot] = Row(req=req, pos_theta=len(req.ids_theta), pos_t=len(req.ids_t))
+            if self.cross:
+                self.cross.start(slot, len(req.ids_t))
         tokens, vals = self.st.sample(rows, lg_theta, lg_t)
         self._collect([s for s, _ in ok], rows, tokens, vals, decoded=False)
 
@@ -304,9 +314,13 @@ class _Run:
                 row.pos_theta += 1
                 row.pos_t += 1
             row.tokens.append(tok)
+            if self.cross:  # the teacher re-tokenizes; its position is what its KV will hold
+                row.pos_t = self.cross.append(slot, tok)
             reason = self.e._finish_reason(row, tok, self.params, self.stop_window)
             if reason:
                 out = self.e._output(row, reason, self.params, self.record[slot, :len(row.tokens)])
+                if self.cross:
+                    self.cross.finish(slot, out)
                 self.results[row.req.index] = out
                 del self.active[slot]
                 self.free.append(slot)
@@ -321,7 +335,10 @@ class _Run:
         spans = (self.st.span(0, max(self.active[s].pos_theta for s in slots)),
                  self.st.span(1, max(self.active[s].pos_t for s in slots)))
         first = slots[0] if slots[-1] - slots[0] == len(slots) - 1 else None  # sorted, distinct
-        tokens, vals = self.st.step(self._rows, spans, first)
+        if self.cross:
+            tokens, vals = self.cross.step(self.st, self._rows, slots, spans[0], first)
+        else:
+            tokens, vals = self.st.step(self._rows, spans, first)
         self._collect(slots, self._rows, tokens, vals, decoded=True)
 
     def loop(self) -> list[SampleOutput]:

@@ -43,6 +43,10 @@ class SampleOutput:
     residual: list[float] = field(default_factory=list)
     clamped: list[float] = field(default_factory=list)   # 1 where alpha_min/alpha_max decided alpha
     forced: list[float] = field(default_factory=list)    # 1 where force_teacher (or support) set alpha = 0
+    # cross-tokenizer mode only (None otherwise): share of tokens whose carry was one-to-one, and
+    # share of tokens that end where theta's own tokenization of the text has no token end
+    carry_direct: float | None = None
+    noncanonical: float | None = None
 
     @property
     def ess_ratio(self) -> list[float]:

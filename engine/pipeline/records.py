@@ -53,7 +53,7 @@ def summary(o: SampleOutput) -> dict:
         entropy_theta_mean=_mean(o.entropy_theta), entropy_t_mean=_mean(o.entropy_t),
         clamped_frac=_mean(o.clamped), forced_frac=_mean(o.forced),
         seq_logw_theta=o.seq_logw_theta, seq_logw_t=o.seq_logw_t,
-    )
+    ) | ({} if o.carry_direct is None else dict(carry_direct=o.carry_direct, noncanonical=o.noncanonical))
 
 
 def _arrays(o: SampleOutput, names) -> dict:

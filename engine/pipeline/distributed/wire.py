@@ -15,7 +15,7 @@ import numpy as np
 from ...outputs import TOKEN_FIELDS, SampleOutput
 
 SCALARS = ("prompt_index", "sample_index", "key", "text", "finish_reason", "error",
-           "num_prompt_tokens_theta", "num_prompt_tokens_t")
+           "num_prompt_tokens_theta", "num_prompt_tokens_t", "carry_direct", "noncanonical")
 
 
 def pack(outputs: list[SampleOutput | None]) -> dict:
