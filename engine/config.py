@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 
 FORCE_TEACHER = ("first", "special")
+DRAFT_SIDES = ("auto", "theta", "t")  # speculative decoding: which model drafts
+MAX_SPECULATIVE = 32  # draft tokens per round at most (each round's verification is (K+1) x V)
 
 
 def parse_support(spec) -> tuple[int, float]:
@@ -108,6 +110,8 @@ class SamplingParams:
     n: int = 1                   # samples per prompt (sharing one prefill)
     ignore_eos: bool = False     # True: only max_new_tokens / stop strings end a sample
     stop: list[str] = field(default_factory=list)  # stop strings (the text is cut before them)
+    speculative: int = 0         # K >= 1: the draft model proposes K tokens per round (0 = off)
+    draft: str = "auto"          # which model drafts: theta | t | auto (fewer parameters, ties theta)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -122,6 +126,11 @@ class SamplingParams:
             (0 <= self.min_p <= 1, "min_p must lie in [0, 1] (0 = off)", self.min_p),
             (isinstance(self.n, int) and self.n >= 1, "n must be an int >= 1", self.n),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings", self.stop),
+            (isinstance(self.speculative, int) and not isinstance(self.speculative, bool)
+             and 0 <= self.speculative <= MAX_SPECULATIVE,
+             f"speculative must be an int in [0, {MAX_SPECULATIVE}] (draft tokens per round; 0 = off)",
+             self.speculative),
+            (self.draft in DRAFT_SIDES, f"draft must be one of {DRAFT_SIDES}", self.draft),
         ]
         for ok, msg, value in checks:
             if not ok:

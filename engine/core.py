@@ -20,7 +20,7 @@ import torch
 
 from .config import EngineConfig, MixtureConfig, SamplingParams
 from .loading import Vocab
-from .outputs import TOKEN_FIELDS, SampleOutput
+from .outputs import RECORD_FIELDS, SampleOutput
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Row:
     pos_t: int
     tokens: list[int] = field(default_factory=list)
     values: list[list[float]] = field(default_factory=list)
+    drafts: list[int] = field(default_factory=lambda: [0, 0])  # speculative: [accepted, verified]
 
 
 @dataclass
@@ -193,9 +194,11 @@ class Engine:
         out = SampleOutput(prompt_index=req.prompt_index, sample_index=req.sample_index, key=req.key,
                            token_ids=list(row.tokens), finish_reason=reason,
                            num_prompt_tokens_theta=len(req.ids_theta), num_prompt_tokens_t=len(req.ids_t))
-        cols = values.t().tolist() if len(row.tokens) else [[] for _ in TOKEN_FIELDS]  # (F, n)
-        for name, col in zip(TOKEN_FIELDS, cols):
+        cols = values.t().tolist() if len(row.tokens) else [[] for _ in RECORD_FIELDS]  # (F + 1, n)
+        for name, col in zip(RECORD_FIELDS, cols):
             setattr(out, name, col)
+        if params.speculative:
+            out.draft_accept_rate = row.drafts[0] / row.drafts[1] if row.drafts[1] else None
         text = self.pair.tokenizer.decode(row.tokens, skip_special_tokens=True)
         if reason == "stop" and params.stop:
             cut = [text.find(s) for s in params.stop if s in text]
@@ -258,7 +261,7 @@ class _Run:
         self.free = list(range(self.st.n_slots - 1, -1, -1))  # pop() yields the lowest slot
         self.active: dict[int, Row] = {}
         self.stop_window = 2 + max((len(s) for s in params.stop), default=0)
-        F = len(TOKEN_FIELDS)
+        F = len(RECORD_FIELDS)
         self.record = torch.zeros(self.st.n_slots + 1, params.max_new_tokens, F, device=engine.device)
         self._rows_key, self._rows = None, None
         self.cross = None  # cross-tokenizer mode: each row's teacher view (cross_tokenizer.CrossRows)
@@ -266,6 +269,14 @@ class _Run:
             from .cross_tokenizer import CrossRows
 
             self.cross = CrossRows(engine.pair.cross)
+        self.spec = None
+        if params.speculative and self.cross:
+            raise ValueError(f"speculative={params.speculative} with cross_tokenizer=True: speculative rounds need "
+                             "both models on one tokenizer; drop one of the two")
+        if params.speculative:
+            from .speculative import SpeculativeRound, resolve_draft
+
+            self.spec = SpeculativeRound(self.st, params.speculative, resolve_draft(engine.pair, params.draft))
 
     def _error(self, req: Request, err: str) -> None:
         self.results[req.index] = SampleOutput(prompt_index=req.prompt_index, sample_index=req.sample_index,
@@ -305,40 +316,68 @@ class _Run:
         tokens, vals = self.st.sample(rows, lg_theta, lg_t)
         self._collect([s for s, _ in ok], rows, tokens, vals, decoded=False)
 
-    def _collect(self, slots: list[int], rows, tokens, vals, decoded: bool) -> None:
-        """Record a step's values on the device, read back its tokens, finish rows that stop."""
-        self.record.index_put_((rows, self.st.n[rows] - 1), vals)
-        for slot, tok in zip(slots, tokens.tolist()):
+    def _collect(self, slots: list[int], rows, tokens, vals, decoded: bool, counts=None) -> None:
+        """Record a step's values on the device, read back its tokens, finish rows that stop.
+        One token per row (tokens (B,), vals (B, F)), or with counts (B,) the first counts[b] of
+        tokens (B, C) with vals (B, C, F + 1) (a speculative round; stops are checked token by
+        token and cut the round)."""
+        if counts is None:
+            self.record.index_put_((rows, self.st.n[rows] - 1), torch.nn.functional.pad(vals, (0, 1)))
+            per_row = [[t] for t in tokens.tolist()]
+        else:
+            per_row = self._record_round(rows, tokens, vals, counts, slots)
+        for slot, toks in zip(slots, per_row):
             row = self.active[slot]
-            if decoded:
-                row.pos_theta += 1
-                row.pos_t += 1
-            row.tokens.append(tok)
-            if self.cross:  # the teacher re-tokenizes; its position is what its KV will hold
-                row.pos_t = self.cross.append(slot, tok)
-            reason = self.e._finish_reason(row, tok, self.params, self.stop_window)
-            if reason:
-                out = self.e._output(row, reason, self.params, self.record[slot, :len(row.tokens)])
-                if self.cross:
-                    self.cross.finish(slot, out)
-                self.results[row.req.index] = out
-                del self.active[slot]
-                self.free.append(slot)
-                if self.progress:
-                    self.progress(out)
+            for tok in toks:
+                if decoded:
+                    row.pos_theta += 1
+                    row.pos_t += 1
+                row.tokens.append(tok)
+                if self.cross:  # the teacher re-tokenizes; its position is what its KV will hold
+                    row.pos_t = self.cross.append(slot, tok)
+                reason = self.e._finish_reason(row, tok, self.params, self.stop_window)
+                if reason:
+                    self._finish(slot, row, reason)
+                    break
+
+    def _record_round(self, rows, tokens, vals, counts, slots) -> list[list[int]]:
+        C = tokens.shape[1]
+        col = torch.arange(C, device=rows.device)[None, :]
+        idx = (self.st.n[rows] - counts)[:, None] + col  # response index of each token
+        ok = (col < counts[:, None]) & (idx < self.params.max_new_tokens)
+        self.record.index_put_((rows[:, None].expand(-1, C)[ok], idx[ok]), vals[ok])
+        out = []
+        for slot, toks, c in zip(slots, tokens.tolist(), counts.tolist()):
+            d = self.active[slot].drafts  # descriptive: drafts accepted / drafts verified
+            d[0] += c - 1
+            d[1] += min(c, self.spec.K)
+            out.append(toks[:c])
+        return out
+
+    def _finish(self, slot: int, row: Row, reason: str) -> None:
+        out = self.e._output(row, reason, self.params, self.record[slot, :len(row.tokens)])
+        if self.cross:
+            self.cross.finish(slot, out)
+        self.results[row.req.index] = out
+        del self.active[slot]
+        self.free.append(slot)
+        if self.progress:
+            self.progress(out)
 
     def _decode(self) -> None:
         slots = sorted(self.active)
         key = tuple(slots)
         if key != self._rows_key:  # the rows tensor changes only when the active set does
             self._rows_key, self._rows = key, torch.tensor(slots, device=self.e.device)
-        spans = (self.st.span(0, max(self.active[s].pos_theta for s in slots)),
-                 self.st.span(1, max(self.active[s].pos_t for s in slots)))
+        tops = (max(self.active[s].pos_theta for s in slots), max(self.active[s].pos_t for s in slots))
         first = slots[0] if slots[-1] - slots[0] == len(slots) - 1 else None  # sorted, distinct
+        if self.spec is not None:
+            tokens, counts, vals = self.spec(self._rows, tops, first)
+            return self._collect(slots, self._rows, tokens, vals, decoded=True, counts=counts)
         if self.cross:
-            tokens, vals = self.cross.step(self.st, self._rows, slots, spans[0], first)
+            tokens, vals = self.cross.step(self.st, self._rows, slots, self.st.span(0, tops[0]), first)
         else:
-            tokens, vals = self.st.step(self._rows, spans, first)
+            tokens, vals = self.st.step(self._rows, (self.st.span(0, tops[0]), self.st.span(1, tops[1])), first)
         self._collect(slots, self._rows, tokens, vals, decoded=True)
 
     def loop(self) -> list[SampleOutput]:

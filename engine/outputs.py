@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 TOKEN_FIELDS = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t",
                 "ess_theta", "ess_t", "entropy_theta", "entropy_t", "entropy_q", "log_z",
                 "iters", "residual", "clamped", "forced")
+RECORD_FIELDS = TOKEN_FIELDS + ("drafted",)  # + speculative decoding's per-token flag (0 elsewhere)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class SampleOutput:
     # share of tokens that end where theta's own tokenization of the text has no token end
     carry_direct: float | None = None
     noncanonical: float | None = None
+    drafted: list[float] = field(default_factory=list)   # speculative: 1 = an accepted draft token,
+    # 0 = a corrected / bonus / plain token. Descriptive only, never a weight (logp_behavior is)
+    draft_accept_rate: float | None = None  # speculative: drafts accepted / drafts verified (descriptive)
 
     @property
     def ess_ratio(self) -> list[float]:

@@ -36,7 +36,8 @@ class OptimalSamplingModel:
                  top_p: float = 1.0, seed: int = 0, prompts_t=None, n: int = 1, ignore_eos: bool = False,
                  chat_template: bool | tuple[bool, bool] = True, stop=None, min_p: float = 0.0,
                  system_prompt: str | None = None, keys: list[int] | None = None,
-                 progress=None, should_stop=None) -> list[SampleOutput]:
+                 progress=None, should_stop=None, speculative: int = 0,
+                 draft: str = "auto") -> list[SampleOutput]:
         """Sample n responses per prompt; returns len(prompts) * n outputs, prompt-major.
 
         prompts / prompts_t: strings or OpenAI message lists; prompts_t (default: prompts) is
@@ -45,15 +46,21 @@ class OptimalSamplingModel:
         of token ids is used as it is (cross-tokenizer mode: pi_t's prompts render with pi_t's
         own tokenizer and chat template; ids in prompts_t are the teacher's). keys: one int64 RNG key per output (flat, prompt-major,
         len(prompts) * n; default: (i << 20) + j for sample j of prompt i) — a sample's tokens
-        depend only on (seed, key, position). should_stop: polled every step; once true no new
+        depend only on (seed, key, position). speculative=K: the draft model (draft="theta" |
+        "t" | "auto" = fewer parameters) proposes K tokens per round and both models score them in
+        one forward; the emitted tokens keep exactly the behaviour distribution and the records
+        their meaning (docs/theory.md#speculative), though not a plain run's tokens. should_stop: polled every step; once true no new
         request starts (the running ones finish) and the unstarted ones are not returned.
         A prompt that cannot be used becomes an output with finish_reason "error".
         """
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, min_p=min_p, seed=seed, n=n, ignore_eos=ignore_eos,
-                                stop=stop or [])
+                                stop=stop or [], speculative=speculative, draft=draft)
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             raise ValueError("prompts must be a list of prompts (each a string or a message list)")
+        if self.pair.cross is not None and speculative:
+            raise ValueError(f"speculative={speculative} with cross_tokenizer=True: speculative rounds need both "
+                             "models on one tokenizer; drop one of the two")
         if self.pair.cross is not None and prompts_t is None and any(
                 isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
             raise ValueError("cross-tokenizer mode: a prompt given as token ids is theta's ids; pass prompts_t "

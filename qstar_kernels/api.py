@@ -17,7 +17,7 @@ import torch
 from . import checks, controls
 from .ref_mix import equation_residual as _equation_residual
 from .ref_mix import log_softmax_masked, mix_reference
-from .ref_sample import prefix_keep, sample_reference
+from .ref_sample import behaviour_logprobs, sample_reference
 from .types import Mixture, Sampled, Step
 
 from .names import BACKENDS
@@ -172,13 +172,7 @@ def behaviour(logq: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=
     given fp64): logq / temperature, then min-p -> top-k -> top-p, renormalised; temperature 0 is
     the point mass on the argmax. What `qstar check` compares sampled tokens against."""
     args = checks.check_sample_args(logq, temperature, top_k, top_p, min_p, 0, 0, 0, True)
-    temp, topk, topp, minp = args[:4]
-    greedy = temp == 0
-    s = logq / torch.where(greedy, 1, temp).to(logq.dtype)[:, None]
-    s = torch.where(prefix_keep(s, topk, topp, minp), s, float("-inf"))
-    out = torch.log_softmax(s, -1)
-    point = torch.full_like(out, float("-inf")).scatter_(1, logq.argmax(-1, keepdim=True), 0.0)
-    return torch.where(greedy[:, None], point, out)
+    return behaviour_logprobs(logq, *args[:4])
 
 
 def equation_residual(logits_theta: torch.Tensor, logits_t: torch.Tensor, alpha, method: str, *,

@@ -37,19 +37,40 @@ def prefix_keep(s, top_k, top_p, min_p):  # (B, V) bool; device ops only (no hos
     return torch.zeros_like(keep).scatter_(1, idx, keep)
 
 
-def sample_reference(logq, temperature, top_k, top_p, min_p, seeds, keys, positions):
-    """tokens (B,), logp_behavior (B,) (arguments already validated, all (B,) tensors)."""
+def behaviour_scores(logq, temperature, top_k, top_p, min_p):  # (B, V)
+    """logq / temperature (1 where greedy) with min-p -> top-k -> top-p applied (-inf outside):
+    log-probs of the behaviour distribution up to a per-row shift. The one definition of the
+    truncation, shared by `sample_reference`, `behaviour_logprobs` and speculative verification."""
     greedy = temperature == 0
     s = logq / torch.where(greedy, 1, temperature).to(logq.dtype)[:, None]  # (B, V)
     keep = truncation_keep(s, top_k, top_p, min_p)
-    if keep is not None:
-        s = torch.where(keep, s, NEG_INF)
-    lse = torch.logsumexp(s, dim=-1)
+    return s if keep is None else torch.where(keep, s, NEG_INF)
+
+
+def behaviour_logprobs(logq, temperature, top_k, top_p, min_p):  # (B, V)
+    """Normalised log-probs of the distribution `sample_reference` draws from; greedy rows
+    (temperature 0) are the point mass on the argmax of logq."""
+    out = torch.log_softmax(behaviour_scores(logq, temperature, top_k, top_p, min_p), -1)
+    point = torch.full_like(out, NEG_INF).scatter_(1, logq.argmax(-1, keepdim=True), 0.0)
+    return torch.where((temperature == 0)[:, None], point, out)
+
+
+def race(s, seeds, keys, positions):  # (B,) int64
+    """argmax_y (s_y + Gumbel(seed, key, position, y)): one draw from softmax(s) per row; only
+    tokens within GUMBEL_SPAN of the row max race (exact: the others cannot win)."""
     cand = s >= (s.amax(-1) - GUMBEL_SPAN)[:, None]
     rows, cols = cand.nonzero(as_tuple=True)
     noise = philox.gumbel(seeds[rows], keys[rows], positions[rows], cols)
     score = torch.full_like(s, NEG_INF)
     score[rows, cols] = s[rows, cols] + noise.to(s.dtype)
-    tokens = torch.where(greedy, logq.argmax(-1), score.argmax(-1))
+    return score.argmax(-1)
+
+
+def sample_reference(logq, temperature, top_k, top_p, min_p, seeds, keys, positions):
+    """tokens (B,), logp_behavior (B,) (arguments already validated, all (B,) tensors)."""
+    greedy = temperature == 0
+    s = behaviour_scores(logq, temperature, top_k, top_p, min_p)
+    lse = torch.logsumexp(s, dim=-1)
+    tokens = torch.where(greedy, logq.argmax(-1), race(s, seeds, keys, positions))
     lpb = s.gather(1, tokens[:, None]).squeeze(1) - lse
     return tokens, torch.where(greedy, torch.zeros_like(lpb), lpb)

@@ -58,3 +58,12 @@ def test_cross_tokenizer_bench_runs_tiny():
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert [(x["theta"], x["teacher"]) for x in last["rows"]] == [("bpe400", "smollm2"), ("smollm2", "bpe400")]
     assert all(x["ratio"] > 0 and x["extend_s"] > 0 for x in last["rows"])
+
+
+def test_speculative_bench_prints_table_then_json():
+    r = subprocess.run([sys.executable, "-m", "bench.speculative", "--batch", "2", "--ks", "2", "--new-tokens", "6",
+                        "--repeat", "1", "--hidden", "64", "--layers", "2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["K"] == 2 and row["B"] == 2 and 0 <= row["accept_rate"] <= 1 and row["speedup"] > 0

@@ -14,7 +14,7 @@ import pytest
 
 from engine.cli import main
 from engine.core import Request
-from engine.outputs import TOKEN_FIELDS, SampleOutput
+from engine.outputs import RECORD_FIELDS, SampleOutput
 from test_crash_resume import start
 from test_pipeline import ROWS, write_jsonl
 
@@ -168,7 +168,7 @@ def test_wire_round_trip_is_exact():
         T = [5, 0, 3][i]
         o = SampleOutput(prompt_index=i, sample_index=1, key=-7 + i, text=f"t{i}", token_ids=list(range(T)),
                          finish_reason="error" if T == 0 else "stop", error="bad" if T == 0 else None)
-        for f in TOKEN_FIELDS:  # float32 values, as the engine makes them
+        for f in RECORD_FIELDS:  # float32 values, as the engine makes them (drafted included)
             setattr(o, f, [float(wire.np.float32(rng.gauss(0, 3))) for _ in range(T)])
         o.kl_t[:1] = [float("inf")] if T else []
         outs.append(o)

@@ -55,8 +55,12 @@ def _options(ns: argparse.Namespace) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} is required")
     mixture = mixture_config(v["alpha_method"], v["alpha"], v["alpha_min"], v["alpha_max"], v["support_top_k"],
                              v["support_top_p"], v["force_teacher"])
-    sampling = dict(temperature=v["temperature"], top_k=v["top_k"], top_p=v["top_p"], min_p=v["min_p"], seed=v["seed"])
+    sampling = dict(temperature=v["temperature"], top_k=v["top_k"], top_p=v["top_p"], min_p=v["min_p"], seed=v["seed"],
+                    speculative=v["speculative"])
     check_sampling(**sampling)  # names the flag and the value
+    sampling["draft"] = v["draft"]
+    if v["speculative"] and v["backend"] == "vllm":
+        raise ValueError(f"--speculative {v['speculative']} needs --backend hf (the vllm backend has no speculative mode)")
     for name, low in (("draws", 1), ("samples", 1), ("max_new_tokens", 1)):
         if getattr(ns, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(ns, name)}")
@@ -64,6 +68,9 @@ def _options(ns: argparse.Namespace) -> dict:
         raise ValueError(f"--p-min must lie in (0, 1), got {ns.p_min}")
     if ns.tolerance is not None and not ns.tolerance > 0:
         raise ValueError(f"--tolerance must be > 0, got {ns.tolerance}")
+    if v["cross_tokenizer"] and v["speculative"]:
+        raise ValueError(f"--speculative {v['speculative']} with --cross-tokenizer: speculative rounds need both "
+                         "models on one tokenizer; drop one of the two")
     if v["cross_tokenizer"] and v["backend"] != "hf":
         raise ValueError(f"--cross-tokenizer needs --backend hf (the {v['backend']} backend runs both models on "
                          "one token sequence)")
@@ -90,7 +97,8 @@ def run(ns: argparse.Namespace) -> int:
         return 2
     c = report.config
     print(f"qstar check: {c['model_theta']} | {c['model_t']} | backend {c['backend']} | {c['device']} {c['dtype']} "
-          f"| {c['alpha_method']} | support {c['support'] or 'off'} | force_teacher {c['force_teacher'] or 'off'}")
+          f"| {c['alpha_method']} | support {c['support'] or 'off'} | force_teacher {c['force_teacher'] or 'off'}"
+          + (f" | speculative {c['speculative']} (draft {c['draft']})" if c.get("speculative") else ""))
     print(report.table())
     if ns.json:
         Path(ns.json).write_text(json.dumps(dict(config=report.config, passed=report.passed,

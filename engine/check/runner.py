@@ -158,7 +158,7 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
     ids_theta, ids_t = zip(*prompt_ids)
     outs = qm.generate(list(ids_theta), prompts_t=list(ids_t), n=samples, max_new_tokens=max_new_tokens,
                        temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"],
-                       seed=seed)
+                       seed=seed, speculative=s["speculative"], draft=s["draft"])
     rows = _errors(outs)
     if rows:
         return rows
@@ -166,6 +166,8 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
     n_tok = outside = forced_mismatch = forced_bad = clamp_bad = n_forced = n_clamped = boundary = 0
     ill_conditioned = 0
     resid = 0.0
+    pits = []  # randomized PIT of every token under its teacher-forced b: iid uniform iff exact
+    gen = torch.Generator().manual_seed(seed)
     for o in outs:
         T = len(o.token_ids)
         if T == 0:
@@ -186,6 +188,8 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
                         kl_theta=mx.kl_theta, kl_t=mx.kl_t, ess_theta=mx.ess_theta, ess_t=mx.ess_t,
                         entropy_q=mx.entropy_q)
             cands.append((mx, p_var, allowed, torch.stack([rel_err(got[k], want[k]) for k in VALUES])))
+            if p_var is None:
+                pits.append(pit(beh_full, tok[:, 0], gen))
         # the variant is judged on the values (alpha aside: see below)
         pick = torch.stack([c[3][1:].max(0).values for c in cands]).argmin(0)  # best variant per token
         boundary += int((pick != 0).sum())
@@ -235,7 +239,26 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
     rows.append(Row(f"alpha inside [alpha_min, alpha_max] ({n_clamped} clamped)", f"{clamp_bad} violations", "0",
                     clamp_bad == 0, dict(clamped=n_clamped)))
     rows.append(Row(f"alpha equation ({m.alpha_method})", f"max residual {resid:.2g}", f"<= {tol:g}", resid <= tol))
+    rows.append(_pit_row(torch.cat(pits) if pits else torch.zeros(0), 1e-3))
     return rows
+
+
+def pit(logb: torch.Tensor, tokens: torch.Tensor, gen) -> torch.Tensor:
+    """(T,) randomized probability integral transform of tokens (T,) under b (T, V) (log-probs):
+    F(x-) + U * b(x), uniform on (0, 1) exactly when each token is drawn from its b."""
+    p = logb.exp()
+    cell = p.gather(1, tokens[:, None])[:, 0]
+    return (p.cumsum(-1) - p).gather(1, tokens[:, None])[:, 0] + torch.rand(len(tokens), generator=gen,
+                                                                            dtype=p.dtype) * cell
+
+
+def _pit_row(u: torch.Tensor, p_min: float, bins: int = 10) -> Row:
+    """Every position of every recomputed sample (speculative rounds included) against uniform."""
+    name = f"every token ~ teacher-forced b (PIT, {len(u)} tokens)"
+    cs = chi_square(torch.histc(u.double(), bins, 0, 1), torch.full((bins,), 1 / bins, dtype=torch.float64), len(u))
+    if not cs.valid:
+        return Row(name, f"{cs.needed} tokens needed", f"p > {p_min:g}", True, dict(needed=cs.needed))
+    return Row(name, f"p = {cs.p:.3g}", f"p > {p_min:g}", cs.p > p_min, dict(chi2=cs.stat, dof=cs.dof, p=cs.p))
 
 
 def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: dict | None = None,
@@ -248,7 +271,8 @@ def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: 
     from ..prompts import render
 
     mixture = mixture or MixtureConfig()
-    sampling = dict(dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0), **(sampling or {}))
+    sampling = dict(dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, speculative=0, draft="auto"),
+                    **(sampling or {}))
     prompts, prompts_t = tuple(prompts), tuple(prompts_t or prompts)
     if len(prompts_t) != len(prompts):  # before any model loads
         raise ValueError(f"--prompt-t given {len(prompts_t)} times but --prompt {len(prompts)} times: give one "

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from qstar_kernels import METHODS
 
+from ..config import DRAFT_SIDES, MAX_SPECULATIVE
 from .data import unescape
 
 LONG_PROMPT = ("skip", "truncate-left", "error")
@@ -52,9 +53,12 @@ def _check_float(name: str, value, ok, rule: str) -> None:
         raise ValueError(f"{flag} {rule}, got {value}")
 
 
-def check_sampling(*, temperature, top_k, top_p, min_p, seed, max_new_tokens=1, n=1, stop=()) -> None:
+def check_sampling(*, temperature, top_k, top_p, min_p, seed, max_new_tokens=1, n=1, stop=(), speculative=0) -> None:
     """Every sampling flag, named, before anything loads (`qstar generate` and `qstar check`;
     SamplingParams checks again for API users)."""
+    _check_int("speculative", speculative, 0, " (draft tokens per round; 0 = off)")
+    if speculative > MAX_SPECULATIVE:
+        raise ValueError(f"--speculative must be <= {MAX_SPECULATIVE} (draft tokens per round), got {speculative}")
     _check_int("max_new_tokens", max_new_tokens, 1)
     _check_int("n", n, 1)
     _check_int("top_k", top_k, 0, " (0 = off)")
@@ -123,6 +127,11 @@ class GenerateConfig:
                           flag_type="append")
     ignore_eos: bool = opt(False, "do not stop at EOS (only max tokens / stop strings end a sample)", "sampling")
     seed: int = opt(0, "sampling seed: with (sample_id, n) it fixes every draw, across resumes", "sampling")
+    speculative: int = opt(0, "K >= 1: the draft model proposes K tokens per round and both models score them in one "
+                           "forward; emitted tokens keep exactly the behaviour distribution, records their meaning "
+                           "(0 = off; --backend hf)", "sampling")
+    draft: str = opt("auto", "which model drafts under --speculative: theta, t, or auto (fewer parameters, ties "
+                     "theta)", "sampling", choices=DRAFT_SIDES)
     # output
     output: str = opt(None, "output JSONL path (the checkpoint); diagnostics go to <stem>.diagnostics.jsonl",
                       "output")
@@ -167,6 +176,9 @@ class GenerateConfig:
         if self.num_samples is not None:
             _check_int("num_samples", self.num_samples, 1)
         self._check_sampling()
+        if self.speculative and self.backend == "vllm":
+            raise ValueError(f"--speculative {self.speculative} needs --backend hf (the vllm backend has no "
+                             "speculative mode); or drop --speculative")
         _check_int("batch_size", self.batch_size, 1)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
@@ -174,11 +186,15 @@ class GenerateConfig:
         if self.cross_tokenizer and self.backend != "hf":
             raise ValueError(f"--cross-tokenizer needs --backend hf (the {self.backend} backend runs both models on "
                              "one token sequence, so it cannot re-tokenize for the teacher)")
+        if self.cross_tokenizer and self.speculative:
+            raise ValueError(f"--speculative {self.speculative} with --cross-tokenizer: speculative rounds need both "
+                             "models on one tokenizer; drop one of the two")
         self._check_ray()
 
     def _check_sampling(self) -> None:
         check_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                       seed=self.seed, max_new_tokens=self.max_new_tokens, n=self.n, stop=self.stop)
+                       seed=self.seed, max_new_tokens=self.max_new_tokens, n=self.n, stop=self.stop,
+                       speculative=self.speculative)
 
     def notes(self) -> list[str]:
         """Options that are valid but have no effect as combined (printed, not refused)."""
@@ -220,6 +236,8 @@ class GenerateConfig:
         """The keys that change what is sampled (the resume guard). Templates as they are applied
         (\\n unescaped): a run whose template meant a literal backslash-n is not resumed with newlines."""
         h = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hashed", True)}
+        if not h["speculative"]:  # off: the hash of runs made before the option existed stays valid
+            del h["speculative"], h["draft"]
         for name in ("theta_template", "t_template"):
             h[name] = unescape(h[name])
         if h.pop("cross_tokenizer"):  # absent when off: hashes of same-tokenizer runs stay as they were

@@ -14,7 +14,8 @@ from ..prompts import as_messages
 
 TOKEN_ARRAYS = ("alpha", "logp_theta", "logp_t", "logq", "logp_behavior", "kl_theta", "kl_t",
                 "ess_theta", "ess_t", "entropy_theta", "entropy_t", "clamped", "forced")
-FLAGS = ("clamped", "forced")  # per-token 0/1: a clamp / a forced-teacher token decided alpha
+FLAGS = ("clamped", "forced", "drafted")  # per-token 0/1: a clamp / a forced-teacher token decided alpha;
+# an accepted draft token (speculative runs: descriptive only, never a weight)
 
 
 def hash64(sample_id, n: int) -> int:
@@ -45,7 +46,7 @@ def _std(xs):
 
 
 def summary(o: SampleOutput) -> dict:
-    return dict(
+    out = dict(
         num_tokens=len(o.token_ids), finish_reason=o.finish_reason,
         alpha_mean=_mean(o.alpha), alpha_std=_std(o.alpha),
         kl_theta_mean=_mean(o.kl_theta), kl_t_mean=_mean(o.kl_t),
@@ -53,7 +54,12 @@ def summary(o: SampleOutput) -> dict:
         entropy_theta_mean=_mean(o.entropy_theta), entropy_t_mean=_mean(o.entropy_t),
         clamped_frac=_mean(o.clamped), forced_frac=_mean(o.forced),
         seq_logw_theta=o.seq_logw_theta, seq_logw_t=o.seq_logw_t,
-    ) | ({} if o.carry_direct is None else dict(carry_direct=o.carry_direct, noncanonical=o.noncanonical))
+    )
+    if o.carry_direct is not None:  # cross-tokenizer runs
+        out.update(carry_direct=o.carry_direct, noncanonical=o.noncanonical)
+    if o.draft_accept_rate is not None:  # speculative runs: descriptive only, never a weight
+        out["draft_accept_rate"] = o.draft_accept_rate
+    return out
 
 
 def _arrays(o: SampleOutput, names) -> dict:
@@ -68,7 +74,7 @@ def record(o: SampleOutput, *, sample_idx: int, sample_id, prompt_theta, prompt_
     rec.update(sample_idx=sample_idx, n=o.sample_index, sample_id=sample_id, **originals, **summary(o))
     if token_stats:
         rec["token_ids"] = o.token_ids
-        rec.update(_arrays(o, TOKEN_ARRAYS))
+        rec.update(_arrays(o, TOKEN_ARRAYS + (("drafted",) if o.draft_accept_rate is not None else ())))
     return clean(rec)
 
 
@@ -77,5 +83,5 @@ def diagnostics(o: SampleOutput, *, sample_idx: int, sample_id, alpha_method: st
              **summary(o))
     if token_stats:
         d["token_ids"] = o.token_ids
-        d.update(_arrays(o, TOKEN_ARRAYS + ("ess_ratio",)))
+        d.update(_arrays(o, TOKEN_ARRAYS + ("ess_ratio",) + (("drafted",) if o.draft_accept_rate is not None else ())))
     return clean(d)

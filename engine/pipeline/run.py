@@ -149,11 +149,18 @@ def run_generate(cfg: GenerateConfig) -> int:
 def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_log) -> int:
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                             top_p=cfg.top_p, min_p=cfg.min_p, seed=cfg.seed, n=cfg.n,
-                            ignore_eos=cfg.ignore_eos, stop=cfg.stop)
+                            ignore_eos=cfg.ignore_eos, stop=cfg.stop, speculative=cfg.speculative, draft=cfg.draft)
     hashed = cfg.hashed()
     cross = _cross_facts(engine)
-    graphs = lambda: dict({"cuda_graphs": engine.cuda_graphs} if hasattr(engine, "cuda_graphs") else {},  # noqa: E731
-                          **cross)
+
+    def graphs() -> dict:  # execution facts for the manifest
+        out = {"cuda_graphs": engine.cuda_graphs} if hasattr(engine, "cuda_graphs") else {}
+        if cfg.speculative and hasattr(engine, "pair"):
+            from ..speculative import resolve_draft
+
+            out["draft_resolved"] = resolve_draft(engine.pair, cfg.draft)
+        return dict(out, **cross)
+
     out = store.Appender(p["output"], before_open=lambda: store.write_manifest(p, hashed, graphs()))
     diag = store.Appender(p["diagnostics"] if cfg.save_diagnostics else None)
     progress = Progress(len(reqs), cfg.quiet, stats)

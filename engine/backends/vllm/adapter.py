@@ -115,6 +115,9 @@ class VLLMEngine:
     def run(self, requests: list[Request], params: SamplingParams, progress=None,
             should_stop=None) -> list[SampleOutput]:
         """Outputs in request order; with should_stop, unstarted requests are left out (None)."""
+        if params.speculative:
+            raise ValueError(f"speculative={params.speculative}: the vllm backend does not do speculative "
+                             f"mixture sampling; use backend='hf' (--backend hf) or speculative=0")
         for r in requests:
             if not r.error and (msg := per_side_error(r)):
                 raise PairError(msg)
@@ -165,6 +168,7 @@ class VLLMEngine:
                 for s, e in zip(lp.start_indices, lp.end_indices)]
         for name, col in zip(codec.FIELDS, zip(*rows) if rows else [()] * len(codec.FIELDS)):
             setattr(so, name, list(col))
+        so.drafted = [0.0] * len(toks)  # no speculative mode here: every token is a plain draw
         text = self.pair.tokenizer.decode(toks, skip_special_tokens=True)
         if so.finish_reason == "stop" and params.stop:
             cut = [text.find(s) for s in params.stop if s in text]

@@ -12,10 +12,11 @@ from itertools import chain
 
 import numpy as np
 
-from ...outputs import TOKEN_FIELDS, SampleOutput
+from ...outputs import RECORD_FIELDS, SampleOutput
 
 SCALARS = ("prompt_index", "sample_index", "key", "text", "finish_reason", "error",
-           "num_prompt_tokens_theta", "num_prompt_tokens_t", "carry_direct", "noncanonical")
+           "num_prompt_tokens_theta", "num_prompt_tokens_t", "draft_accept_rate", "carry_direct",
+           "noncanonical")
 
 
 def pack(outputs: list[SampleOutput | None]) -> dict:
@@ -23,9 +24,10 @@ def pack(outputs: list[SampleOutput | None]) -> dict:
     lengths = np.array([len(o.token_ids) for o in real], dtype=np.int64)
     total = int(lengths.sum())
     tokens = np.fromiter(chain.from_iterable(o.token_ids for o in real), dtype=np.int64, count=total)
-    values = np.empty((len(TOKEN_FIELDS), total), dtype=np.float32)  # (fields, tokens of all outputs)
-    for k, f in enumerate(TOKEN_FIELDS):
-        values[k] = np.fromiter(chain.from_iterable(getattr(o, f) for o in real), dtype=np.float32, count=total)
+    values = np.empty((len(RECORD_FIELDS), total), dtype=np.float32)  # (fields, tokens of all outputs)
+    for k, f in enumerate(RECORD_FIELDS):  # a backend without `drafted` (vllm) sends zeros
+        cols = (getattr(o, f) or [0.0] * len(o.token_ids) for o in real)
+        values[k] = np.fromiter(chain.from_iterable(cols), dtype=np.float32, count=total)
     return dict(present=[o is not None for o in outputs], scalars=[[getattr(o, s) for s in SCALARS] for o in real],
                 lengths=lengths, tokens=tokens, values=values)
 
@@ -36,7 +38,7 @@ def unpack(packed: dict) -> list[SampleOutput | None]:
     real, start = [], 0
     for scalars, end in zip(packed["scalars"], ends):
         o = SampleOutput(**dict(zip(SCALARS, scalars)), token_ids=tokens[start:end])
-        for f, col in zip(TOKEN_FIELDS, values):
+        for f, col in zip(RECORD_FIELDS, values):
             setattr(o, f, col[start:end])
         real.append(o)
         start = end
