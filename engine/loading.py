@@ -133,7 +133,9 @@ def tokenizer_gate(tok_theta, tok_t, model_theta, model_t, name_theta: str, name
         diff = sorted(set(v1.items()) ^ set(v2.items()), key=lambda kv: kv[1])[:3]
         raise ValueError(f"tokenizers of model_theta ({name_theta}) and model_t ({name_t}) differ "
                          f"({len(v1)} vs {len(v2)} tokens; e.g. {diff}): the mixture needs one "
-                         "shared vocabulary, so both models must use the same tokenizer")
+                         "shared vocabulary: use one tokenizer for both, or opt into --cross-tokenizer "
+                         "(API: cross_tokenizer=True), which samples in model_theta's vocabulary and "
+                         "carries model_t's onto it (docs/guide.md#cross-tokenizer)")
     width = min(model_theta.get_output_embeddings().weight.shape[0],
                 model_t.get_output_embeddings().weight.shape[0])
     n_tok = max(v1.values()) + 1
@@ -141,4 +143,16 @@ def tokenizer_gate(tok_theta, tok_t, model_theta, model_t, name_theta: str, name
         raise ValueError(f"tokenizer has {n_tok} ids but a model's output layer has only {width} rows "
                          f"({name_theta} / {name_t}): tokenizer and model do not belong together")
     eos = _eos_ids(tok_theta, model_theta, model_t)
+    return Vocab(logits_width=width, vocab_size=n_tok, eos_ids=eos, special_ids=_special_ids(tok_theta, eos, n_tok))
+
+
+def policy_vocab(tok_theta, model_theta, name_theta: str, eos_theta) -> Vocab:
+    """Cross-tokenizer mode: the vocabulary is pi_theta's alone (pi_t is carried onto it), and
+    so are the stop ids (the teacher's EOS carries onto theta's EOS)."""
+    width = model_theta.get_output_embeddings().weight.shape[0]
+    n_tok = max(tok_theta.get_vocab().values()) + 1
+    if n_tok > width:
+        raise ValueError(f"tokenizer has {n_tok} ids but {name_theta}'s output layer has only {width} rows: "
+                         "tokenizer and model do not belong together")
+    eos = frozenset(int(i) for i in eos_theta)
     return Vocab(logits_width=width, vocab_size=n_tok, eos_ids=eos, special_ids=_special_ids(tok_theta, eos, n_tok))

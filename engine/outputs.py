@@ -44,6 +44,10 @@ class SampleOutput:
     residual: list[float] = field(default_factory=list)
     clamped: list[float] = field(default_factory=list)   # 1 where alpha_min/alpha_max decided alpha
     forced: list[float] = field(default_factory=list)    # 1 where force_teacher (or support) set alpha = 0
+    # cross-tokenizer mode only (None otherwise): share of tokens whose carry was one-to-one, and
+    # share of tokens that end where theta's own tokenization of the text has no token end
+    carry_direct: float | None = None
+    noncanonical: float | None = None
     drafted: list[float] = field(default_factory=list)   # speculative: 1 = an accepted draft token,
     # 0 = a corrected / bonus / plain token. Descriptive only, never a weight (logp_behavior is)
     draft_accept_rate: float | None = None  # speculative: drafts accepted / drafts verified (descriptive)

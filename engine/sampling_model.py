@@ -43,7 +43,8 @@ class OptimalSamplingModel:
         prompts / prompts_t: strings or OpenAI message lists; prompts_t (default: prompts) is
         what pi_t sees — e.g. the problem plus a reference solution. chat_template: apply the
         tokenizer's chat template (a (theta, t) pair sets it per side); a prompt given as a list
-        of token ids is used as it is. keys: one int64 RNG key per output (flat, prompt-major,
+        of token ids is used as it is (cross-tokenizer mode: pi_t's prompts render with pi_t's
+        own tokenizer and chat template; ids in prompts_t are the teacher's). keys: one int64 RNG key per output (flat, prompt-major,
         len(prompts) * n; default: (i << 20) + j for sample j of prompt i) — a sample's tokens
         depend only on (seed, key, position). speculative=K: the draft model (draft="theta" |
         "t" | "auto" = fewer parameters) proposes K tokens per round and both models score them in
@@ -57,6 +58,13 @@ class OptimalSamplingModel:
                                 stop=stop or [], speculative=speculative, draft=draft)
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             raise ValueError("prompts must be a list of prompts (each a string or a message list)")
+        if self.pair.cross is not None and speculative:
+            raise ValueError(f"speculative={speculative} with cross_tokenizer=True: speculative rounds need both "
+                             "models on one tokenizer; drop one of the two")
+        if self.pair.cross is not None and prompts_t is None and any(
+                isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
+            raise ValueError("cross-tokenizer mode: a prompt given as token ids is theta's ids; pass prompts_t "
+                             "(the teacher's own ids or text) too")
         prompts_t = prompts if prompts_t is None else prompts_t
         if len(prompts_t) != len(prompts):
             raise ValueError(f"prompts_t has {len(prompts_t)} entries but prompts has {len(prompts)}")
@@ -69,7 +77,7 @@ class OptimalSamplingModel:
             ids_theta, ids_t, err = [], [], None
             try:
                 ids_theta = _ids(self.tokenizer, p_theta, ct_theta, system_prompt)
-                ids_t = _ids(self.tokenizer, p_t, ct_t, system_prompt)
+                ids_t = _ids(self.pair.tokenizer_t or self.tokenizer, p_t, ct_t, system_prompt)
             except PromptError as e:
                 err = str(e)
             for j in range(n):

@@ -7,6 +7,10 @@ takes one (B,) tensor of slots and has no host sync and no Python branch on tens
 CUDA it is captured as one graph per batch bucket (graphs.py), on CPU it runs eagerly or under
 torch.compile(fullgraph=True). The runners (SlotModel, or RowModel for other architectures) and
 their caches are built once and live as long as the engine.
+Cross-tokenizer mode (pair.cross set): `sample` first carries the teacher's row onto θ's
+vocabulary (qstar_kernels.carry), and `cross_step` replaces decode_step: the teacher side is a
+batched variable-length extend of host-computed feeds (rollback + re-tokenized tokens), so that
+step runs eagerly, outside CUDA graphs and torch.compile.
 Not for: scheduling, stop conditions or outputs (core.py).
 """
 from __future__ import annotations
@@ -56,15 +60,34 @@ class Stepper:
         W = pair.vocab.logits_width
         self.force_tokens = token_table(pair.vocab.special_ids, W, dev) if mixture.force_special else None
         self.capturable = all(r.capturable for r in self.runners)
+        self.carry_index = self.t_logits = None
+        if pair.cross is not None:
+            self._cross_init(pair.cross, S)
         self.backend = self._backend()
         self.graphs = None
         self._decode = self.decode_step
-        if dev.type == "cuda" and cfg.cuda_graphs and self.capturable:
+        if pair.cross is not None:
+            pass  # cross_step runs eagerly: the teacher's feeds come from the host every step
+        elif dev.type == "cuda" and cfg.cuda_graphs and self.capturable:
             from .graphs import GraphedStep
 
             self.graphs = GraphedStep(self, n_slots, strict=cfg.cuda_graphs == "strict")
         elif dev.type == "cpu" and cfg.compile:
             self._decode = self._compiled()
+
+    def _cross_init(self, cross, S: int) -> None:
+        from .slot_model import SlotModel
+
+        if not isinstance(self.runners[1], SlotModel):
+            raise ValueError(f"cross-tokenizer mode needs a teacher the slot engine runs (llama, qwen2, qwen3, "
+                             f"mistral; rollback uses SlotModel.extend): {self.pair.name_t} runs on the per-row "
+                             "fallback" + (" because force_row_model=True" if self.cfg.force_row_model else ""))
+        from qstar_kernels.carry import carry_table
+
+        self.carry_index, self.carry_targets = carry_table(torch.tensor(cross.index, dtype=torch.int64,
+                                                                        device=self.device))
+        width_t = self.pair.model_t.get_output_embeddings().weight.shape[0]
+        self.t_logits = torch.zeros(S, width_t, dtype=torch.float32, device=self.device)  # last teacher row per slot
 
     def _compiled(self):
         why = ("the RowModel path runs one forward per row from Python" if not self.capturable else
@@ -84,6 +107,8 @@ class Stepper:
             return "off (cpu)"
         if not self.cfg.cuda_graphs:
             return "off (disabled: cuda_graphs=False)"
+        if self.pair.cross is not None:
+            return "off (cross-tokenizer mode: the teacher is re-tokenized on the host every step)"
         return "off (a model runs on the per-row RowModel path)"
 
     # ---- per call and per request -------------------------------------------------------
@@ -106,6 +131,12 @@ class Stepper:
         the row state. Returns tokens (B,) and the recorded values (B, len(TOKEN_FIELDS)) fp32."""
         m, W = self.mixture, self.pair.vocab.logits_width
         n = self.n[rows]
+        if self.carry_index is not None:  # the teacher's row, carried onto θ's vocabulary
+            from qstar_kernels.carry import carry
+
+            self.t_logits[rows] = logits_t.float()
+            logits_t = carry(logits_t, self.carry_index, W, self.pair.cross.n_real_t, self.carry_targets)  # fp32
+            logits_theta = logits_theta.float()  # one dtype for the step (bf16 / fp16 models)
         st = mix_step(logits_theta[:, :W], logits_t[:, :W], m.alpha_method, alpha=self.alpha[rows],
                       alpha_min=m.alpha_min, alpha_max=m.alpha_max, vocab_size=self.pair.vocab.vocab_size,
                       temperature=self.temperature[rows], top_k=self.top_k[rows], top_p=self.top_p[rows],
@@ -141,6 +172,37 @@ class Stepper:
         self.pos[:, self.scratch] = 0  # the padded rows of a graph bucket never run off the cache
         self.n[self.scratch] = 0
         return out
+
+    def cross_step(self, rows: torch.Tensor, feeds: list[tuple[int, list[int]]], span_theta: int,
+                   first: int | None, timing: dict):
+        """The cross-tokenizer decode step (eager): θ reads its last token; the teacher appends each
+        row's feed (start, tokens) — its KV rolled back to `start` — in one extend; a row with no
+        feed (an incomplete UTF-8 character) reuses its last teacher row. Then `sample`."""
+        import time
+
+        tok = self.last_tok[rows]
+        p = self.pos[0, rows]
+        lg_theta = self.runners[0].decode(rows, tok, p, span=span_theta, first=first)
+        self.pos[0, rows] = p + 1
+        t0 = time.perf_counter()
+        live = [i for i, (_, new) in enumerate(feeds) if new]
+        lg_t = self.t_logits[rows]
+        if live:
+            T = max(len(feeds[i][1]) for i in live)
+            dev = self.device
+            toks = torch.tensor([feeds[i][1] + [0] * (T - len(feeds[i][1])) for i in live], device=dev)
+            starts = torch.tensor([feeds[i][0] for i in live], device=dev)
+            lens = torch.tensor([len(feeds[i][1]) for i in live], device=dev)
+            sub = rows[torch.tensor(live, device=dev)] if len(live) < len(feeds) else rows
+            top = max(feeds[i][0] + len(feeds[i][1]) for i in live)
+            out = self.runners[1].extend(sub, toks, starts, lens, last_only=True, span=self.span(1, top - 1))
+            if len(live) < len(feeds):
+                lg_t = lg_t.clone()
+                lg_t[torch.tensor(live, device=dev)] = out.float()
+            else:
+                lg_t = out
+        timing["extend"] += time.perf_counter() - t0
+        return self.sample(rows, lg_theta, lg_t)
 
     def step(self, rows: torch.Tensor, spans: tuple[int, int], first: int | None = None):
         """decode_step through the graph for its bucket (CUDA), compiled or eager (CPU)."""

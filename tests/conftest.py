@@ -6,6 +6,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one thread each
+    torch.set_num_threads(int(os.environ.get("QSTAR_TEST_THREADS", "1")))
 
 import pytest  # noqa: E402
 

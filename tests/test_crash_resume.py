@@ -13,6 +13,9 @@ import pytest
 
 from test_pipeline import ROWS, write_jsonl
 
+# they spawn processes (and a Ray instance): under `pytest -n 2` (make test) one worker runs them in turn
+pytestmark = pytest.mark.xdist_group("processes")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -133,11 +133,17 @@ def test_no_private_names_across_folders():
                                    "--output", "o.jsonl", "--t-template", "{nosuch}"],
                                   ["generate", "--config", "bad.yaml"],
                                   ["generate", "--model-theta", "a", "--model-t", "b", "--dataset", "d.jsonl",
+                                   "--output", "o.jsonl", "--cross-tokenizer", "--backend", "vllm"],
+                                  ["check", "--model-theta", "a", "--model-t", "b", "--cross-tokenizer",
+                                   "--backend", "vllm"],
+                                  ["generate", "--model-theta", "a", "--model-t", "b", "--dataset", "d.jsonl",
                                    "--output", "o.jsonl", "--speculative", "-1"],
                                   ["generate", "--model-theta", "a", "--model-t", "b", "--dataset", "d.jsonl",
                                    "--output", "o.jsonl", "--speculative", "4", "--backend", "vllm"],
                                   ["check", "--model-theta", "a", "--model-t", "b", "--draft", "big"],
-                                  ["check", "--model-theta", "a", "--model-t", "b", "--speculative", "99"]])
+                                  ["check", "--model-theta", "a", "--model-t", "b", "--speculative", "99"],
+                                  ["check", "--model-theta", "a", "--model-t", "b", "--speculative", "2",
+                                   "--cross-tokenizer"]])
 def test_help_and_argument_errors_never_import_torch(argv, tmp_path):
     """Help, flag errors and dataset/template mistakes answer before torch or transformers load."""
     (tmp_path / "d.jsonl").write_text('{"question": "q"}\n')

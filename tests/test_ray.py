@@ -18,6 +18,9 @@ from engine.outputs import RECORD_FIELDS, SampleOutput
 from test_crash_resume import start
 from test_pipeline import ROWS, write_jsonl
 
+# they spawn processes (and a Ray instance): under `pytest -n 2` (make test) one worker runs them in turn
+pytestmark = pytest.mark.xdist_group("processes")
+
 try:
     import ray
 except ImportError:
@@ -203,3 +206,23 @@ def test_unreachable_address_and_too_few_gpus_fail_in_one_line(pair_dirs, tmp_pa
         err = capsys.readouterr().err
         assert needle in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
         assert time.time() - t0 < 15
+
+
+@needs_ray
+def test_cross_tokenizer_replicas_write_the_records_of_a_one_process_run(cluster, tmp_path):
+    """--cross-tokenizer on Ray: the driver renders pi_t's prompts with pi_t's own tokenizer and
+    the replicas re-tokenize for the teacher exactly as one process does."""
+    from test_cross_tokenizer import lm, toks
+
+    dirs = []
+    for name, side, seed in (("tiny", "theta", 1), ("smol", "t", 2)):
+        lm(name, seed).save_pretrained(tmp_path / side)
+        toks(name).save_pretrained(tmp_path / side)
+        dirs.append(str(tmp_path / side))
+    ds = write_jsonl(tmp_path / "d.jsonl", ROWS[:3])
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    extra = ["--cross-tokenizer", "--max-new-tokens", "24"]
+    assert main(args(dirs, ds, one, *extra)) == 0
+    assert main(args(dirs, ds, two, *extra, "--ray", "local", "--num-workers", 2, "--chunk-size", 2)) == 0
+    assert_same(records(two), records(one))
+    assert all(r["carry_direct"] is not None for r in records(two).values())

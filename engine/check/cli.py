@@ -13,7 +13,8 @@ from pathlib import Path
 from ..flags import GROUPS, add_config_flags
 from .report import FLAG_FIELDS, PROMPTS, TOLERANCE
 
-SUMMARY = "qstar check --model-theta P --model-t T [--backend hf|vllm] [mixture / sampling flags]"
+SUMMARY = ("qstar check --model-theta P --model-t T [--backend hf|vllm] [--cross-tokenizer] "
+           "[mixture / sampling flags]")
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="exactness self-test of a pair, backend, dtype and flags (PASS/FAIL table)",
@@ -67,12 +68,18 @@ def _options(ns: argparse.Namespace) -> dict:
         raise ValueError(f"--p-min must lie in (0, 1), got {ns.p_min}")
     if ns.tolerance is not None and not ns.tolerance > 0:
         raise ValueError(f"--tolerance must be > 0, got {ns.tolerance}")
+    if v["cross_tokenizer"] and v["speculative"]:
+        raise ValueError(f"--speculative {v['speculative']} with --cross-tokenizer: speculative rounds need both "
+                         "models on one tokenizer; drop one of the two")
+    if v["cross_tokenizer"] and v["backend"] != "hf":
+        raise ValueError(f"--cross-tokenizer needs --backend hf (the {v['backend']} backend runs both models on "
+                         "one token sequence)")
     return dict(model_theta=v["model_theta"], model_t=v["model_t"], backend=v["backend"], mixture=mixture,
                 sampling=sampling, prompts=tuple(ns.prompts or PROMPTS), prompts_t=tuple(ns.prompts_t or ()),
                 draws=ns.draws, samples=ns.samples,
                 max_new_tokens=ns.max_new_tokens, p_min=ns.p_min, tolerance=ns.tolerance,
                 chat_template=not ns.no_chat_template, device=v["device"], dtype=v["dtype"], threads=v["threads"],
-                batch_size=v["batch_size"])
+                batch_size=v["batch_size"], cross_tokenizer=bool(v["cross_tokenizer"]))
 
 
 def run(ns: argparse.Namespace) -> int:

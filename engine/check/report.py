@@ -12,7 +12,7 @@ PROMPTS = ("What is 7 times 8? Answer with a number.",
 TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 1e-1}
 FLAG_FIELDS = ("model_theta", "model_t", "alpha_method", "alpha", "alpha_min", "alpha_max", "support_top_k",
                "support_top_p", "force_teacher", "temperature", "top_k", "top_p", "min_p", "seed", "speculative", "draft",
-               "batch_size", "device", "dtype", "threads", "backend")
+               "batch_size", "device", "dtype", "threads", "backend", "cross_tokenizer")
 
 
 @dataclass

@@ -32,6 +32,31 @@ class Reference:
             m_t = m_theta if qm.pair.path_t == qm.pair.path_theta else load_model(qm.pair.path_t, dev, torch.float32)[0]
             self.models = (m_theta, m_t)
         self.special = token_table(vocab.special_ids, self.width) if mixture.force_special else None
+        self.cross = getattr(qm.pair, "cross", None)  # cross-tokenizer mode: the teacher is carried
+
+    @torch.no_grad()
+    def pair_logits(self, ids_theta: list[int], ids_t: list[int], response: list[int]):
+        """(T, W) float64 logits of both models at each response position (T = len(response)),
+        teacher-forced. Cross-tokenizer mode: at position k the teacher reads its prompt plus its
+        tokenizer's full encoding of response[:k]'s bytes (no window, no rollback: the reference
+        the engine's incremental views must match), carried onto θ's vocabulary in float64."""
+        T = len(response)
+        if self.cross is None:
+            return self.logits(ids_theta + response[:-1], ids_t + response[:-1], T)
+        from qstar_kernels.carry import carry
+
+        m_theta = self.models[0]
+        x = torch.tensor([ids_theta + response[:-1]], device=next(m_theta.parameters()).device)
+        lg_theta = m_theta(input_ids=x).logits[0, -T:, :self.width].double().cpu()
+        model = self.models[1]
+        dev = next(model.parameters()).device
+        index = torch.tensor(self.cross.index)
+        rows = []
+        for k in range(T):
+            x = torch.tensor([ids_t + self.cross.teacher_ids(response[:k])], device=dev)
+            rows.append(model(input_ids=x).logits[0, -1].double().cpu())
+        lg_t = carry(torch.stack(rows), index, self.width, self.cross.n_real_t)
+        return lg_theta, lg_t
 
     @torch.no_grad()
     def logits(self, ids_theta: list[int], ids_t: list[int], n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +127,7 @@ def first_tokens(qm, ref: Reference, prompt_ids, draws: int, seed: int, p_min: f
         return rows
     for i, (ids_p, ids_q) in enumerate(prompt_ids):
         toks = torch.tensor([o.token_ids[0] for o in outs[i * draws:(i + 1) * draws]])
-        lg_theta, lg_t = ref.logits(ids_p, ids_q, 1)
+        lg_theta, lg_t = ref.pair_logits(ids_p, ids_q, [0])
         logqs = [ref.mixture_at(lg_theta, lg_t, p_var).logq for p_var in ref.support_variants(tol / 10)]
         behs = [ref.behaviour(lq) for lq in logqs]
         probs = behs[0][0].exp()
@@ -148,7 +173,7 @@ def recompute(qm, ref: Reference, prompt_ids, samples: int, max_new_tokens: int,
         if T == 0:
             continue
         ids_p, ids_q = prompt_ids[o.prompt_index]
-        lg_theta, lg_t = ref.logits(ids_p + o.token_ids[:-1], ids_q + o.token_ids[:-1], T)
+        lg_theta, lg_t = ref.pair_logits(ids_p, ids_q, o.token_ids)
         tok = torch.tensor(o.token_ids)[:, None]
         got = {k: torch.tensor(getattr(o, k), dtype=torch.float64) for k in VALUES}
         cands = []  # per support variant: (mixture, its support_top_p, token allowed, errors (F, T))
@@ -239,7 +264,7 @@ def _pit_row(u: torch.Tensor, p_min: float, bins: int = 10) -> Row:
 def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: dict | None = None,
           prompts=PROMPTS, prompts_t=None, draws: int = 2000, samples: int = 2, max_new_tokens: int = 32, p_min: float = 1e-3,
           tolerance: float | None = None, chat_template: bool = True, device=None, dtype=None, threads=None,
-          batch_size: int = 8, log=print) -> Report:
+          batch_size: int = 8, cross_tokenizer: bool = False, log=print) -> Report:
     """Run the three checks; returns the Report (see the module docstring)."""
     from ..api import create_optimal_sampling_model
     from ..config import MixtureConfig
@@ -259,16 +284,19 @@ def check(model_theta, model_t, *, backend: str = "hf", mixture=None, sampling: 
                                        alpha_min=mixture.alpha_min, alpha_max=mixture.alpha_max,
                                        support=mixture.support, force_teacher=mixture.force_teacher,
                                        device=device, dtype=dtype, backend=backend, max_batch_size=batch_size,
-                                       threads=threads)
+                                       threads=threads, cross_tokenizer=cross_tokenizer)
     dtype_name = qm.engine_cfg.dtype
     tol = TOLERANCE.get(dtype_name, 1e-3) if tolerance is None else tolerance
     config = dict(model_theta=str(model_theta), model_t=str(model_t), backend=backend, device=qm.engine_cfg.device,
                   dtype=dtype_name, **asdict(mixture), **sampling, draws=draws, samples=samples,
-                  max_new_tokens=max_new_tokens, p_min=p_min, tolerance=tol)
+                  max_new_tokens=max_new_tokens, p_min=p_min, tolerance=tol, cross_tokenizer=cross_tokenizer)
+    if qm.pair.cross is not None:
+        config.update(qm.pair.cross.summary())
     report = Report(config=config)
     ref = Reference(qm, backend, mixture, sampling)
     prompt_ids = [(render(qm.tokenizer, p, chat_template=chat_template),
-                   render(qm.tokenizer, q, chat_template=chat_template)) for p, q in zip(prompts, prompts_t)]
+                   render(qm.pair.tokenizer_t or qm.tokenizer, q, chat_template=chat_template))
+                  for p, q in zip(prompts, prompts_t)]
     log(f"qstar check: {len(prompts)} prompts x {draws} first-token draws ...")
     report.rows += first_tokens(qm, ref, prompt_ids, draws, sampling["seed"], p_min, tol)
     log(f"qstar check: recomputing {len(prompts)} x {samples} samples of up to {max_new_tokens} tokens ...")

@@ -75,7 +75,12 @@ def check_sampling(*, temperature, top_k, top_p, min_p, seed, max_new_tokens=1, 
 class GenerateConfig:
     # models
     model_theta: str = opt(None, "policy pi_theta: HF model dir, hub name or .gguf file", "models")
-    model_t: str = opt(None, "teacher/target pi_t (must share pi_theta's tokenizer)", "models")
+    model_t: str = opt(None, "teacher/target pi_t (must share pi_theta's tokenizer unless --cross-tokenizer)",
+                       "models")
+    cross_tokenizer: bool = opt(False, "allow a teacher with another tokenizer: sample in pi_theta's vocabulary, "
+                                "pi_t reads its own tokenization of the response and is carried onto pi_theta's "
+                                "vocabulary (logp_theta / logp_behavior stay exact; docs/guide.md#cross-tokenizer)",
+                                "models")
     # data
     dataset: str = opt(None, "HF hub dataset, local dataset dir, or a .jsonl/.json/.parquet/.csv file", "data")
     split: str = opt("train", "dataset split", "data")
@@ -178,6 +183,12 @@ class GenerateConfig:
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
         self.mixture()  # the mixture options' own checks
+        if self.cross_tokenizer and self.backend != "hf":
+            raise ValueError(f"--cross-tokenizer needs --backend hf (the {self.backend} backend runs both models on "
+                             "one token sequence, so it cannot re-tokenize for the teacher)")
+        if self.cross_tokenizer and self.speculative:
+            raise ValueError(f"--speculative {self.speculative} with --cross-tokenizer: speculative rounds need both "
+                             "models on one tokenizer; drop one of the two")
         self._check_ray()
 
     def _check_sampling(self) -> None:
@@ -229,6 +240,10 @@ class GenerateConfig:
             del h["speculative"], h["draft"]
         for name in ("theta_template", "t_template"):
             h[name] = unescape(h[name])
+        if h.pop("cross_tokenizer"):  # absent when off: hashes of same-tokenizer runs stay as they were
+            from ..cross_tokenizer import MAPPING_RULE
+
+            h["cross_tokenizer"] = MAPPING_RULE  # the teacher's tokenizer is model_t's, hashed above
         return h
 
     def to_dict(self) -> dict:

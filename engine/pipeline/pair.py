@@ -17,4 +17,4 @@ def load_pair(cfg):
                                          alpha=m.alpha, alpha_min=m.alpha_min, alpha_max=m.alpha_max,
                                          support=m.support, force_teacher=m.force_teacher, device=cfg.device,
                                          dtype=cfg.dtype, max_batch_size=cfg.batch_size, threads=cfg.threads,
-                                         backend=cfg.backend)
+                                         backend=cfg.backend, cross_tokenizer=bool(cfg.cross_tokenizer))

@@ -55,6 +55,8 @@ def summary(o: SampleOutput) -> dict:
         clamped_frac=_mean(o.clamped), forced_frac=_mean(o.forced),
         seq_logw_theta=o.seq_logw_theta, seq_logw_t=o.seq_logw_t,
     )
+    if o.carry_direct is not None:  # cross-tokenizer runs
+        out.update(carry_direct=o.carry_direct, noncanonical=o.noncanonical)
     if o.draft_accept_rate is not None:  # speculative runs: descriptive only, never a weight
         out["draft_accept_rate"] = o.draft_accept_rate
     return out

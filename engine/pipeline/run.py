@@ -49,9 +49,10 @@ def _rows_to_work(cfg: GenerateConfig, done: set, skipped_log) -> tuple[list, St
     return work, stats
 
 
-def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: Stats,
+def _tokenize(toks, limits: tuple[int, int], cfg: GenerateConfig, work, stats: Stats,
               skipped_log) -> tuple[list, dict]:
     """Requests for every sample to make, and (sample_idx, n) -> (prompts, original columns).
+    toks: (tokenizer of model_theta, of model_t: the same one unless --cross-tokenizer);
     limits: (max positions of model_theta, of model_t)."""
     from ..core import Request  # torch: only once the models are loaded
 
@@ -61,8 +62,8 @@ def _tokenize(tok, limits: tuple[int, int], cfg: GenerateConfig, work, stats: St
     reqs = []
     for idx, prompts, originals, todo in work:
         try:
-            ids_theta = render(tok, prompts.theta, chat_template=ct_theta, system_prompt=cfg.system_prompt)
-            ids_t = render(tok, prompts.t, chat_template=ct_t, system_prompt=cfg.system_prompt)
+            ids_theta = render(toks[0], prompts.theta, chat_template=ct_theta, system_prompt=cfg.system_prompt)
+            ids_t = render(toks[1], prompts.t, chat_template=ct_t, system_prompt=cfg.system_prompt)
             ids_theta = _fit(ids_theta, limits[0], "model_theta", idx, cfg)
             ids_t = _fit(ids_t, limits[1], "model_t", idx, cfg)
         except (PromptError, data.RowError) as e:
@@ -88,7 +89,7 @@ def _fit(ids: list[int], limit: int, side: str, idx: int, cfg: GenerateConfig) -
 
 
 def _engine(cfg: GenerateConfig):
-    """(engine with .run, tokenizer, (max positions theta, t)): the pair here, or replicas on Ray
+    """(engine with .run, (tokenizer theta, t), (max positions theta, t)): the pair here, or replicas on Ray
     (then this process loads only the tokenizer; the replicas report the context lengths)."""
     t0 = time.perf_counter()
     say = (lambda msg: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -97,10 +98,10 @@ def _engine(cfg: GenerateConfig):
         from .distributed import RayEngine  # needs Ray: imported only under --ray
 
         eng = RayEngine(cfg)
-        got = eng, eng.tokenizer, eng.max_pos
+        got = eng, (eng.tokenizer, eng.tokenizer_t), eng.max_pos
     else:
         qm = load_pair(cfg)
-        got = qm.engine, qm.tokenizer, (qm.pair.max_pos_theta, qm.pair.max_pos_t)
+        got = qm.engine, (qm.tokenizer, qm.pair.tokenizer_t or qm.tokenizer), (qm.pair.max_pos_theta, qm.pair.max_pos_t)
     say(f"[qstar] models loaded in {time.perf_counter() - t0:.1f} s")
     return got
 
@@ -150,13 +151,15 @@ def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_
                             top_p=cfg.top_p, min_p=cfg.min_p, seed=cfg.seed, n=cfg.n,
                             ignore_eos=cfg.ignore_eos, stop=cfg.stop, speculative=cfg.speculative, draft=cfg.draft)
     hashed = cfg.hashed()
+    cross = _cross_facts(engine)
+
     def graphs() -> dict:  # execution facts for the manifest
         out = {"cuda_graphs": engine.cuda_graphs} if hasattr(engine, "cuda_graphs") else {}
         if cfg.speculative and hasattr(engine, "pair"):
             from ..speculative import resolve_draft
 
             out["draft_resolved"] = resolve_draft(engine.pair, cfg.draft)
-        return out
+        return dict(out, **cross)
 
     out = store.Appender(p["output"], before_open=lambda: store.write_manifest(p, hashed, graphs()))
     diag = store.Appender(p["diagnostics"] if cfg.save_diagnostics else None)
@@ -201,7 +204,15 @@ def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_
             signal.signal(signal.SIGINT, old)
     progress.update(force=True)
     stats.cuda_graphs = graphs().get("cuda_graphs")  # "on (N graphs)" / "off (<reason>)"; None: not the hf engine
+    stats.cross_tokenizer = cross.get("cross_tokenizer")
     return _finish(cfg, p, stats, interrupted)
+
+
+def _cross_facts(engine) -> dict:
+    """--cross-tokenizer: the mapping rule, the teacher tokenizer's fingerprint and the window
+    (manifest and summary; the rule's version and the flag are also in the config hash)."""
+    cross = getattr(getattr(engine, "pair", None), "cross", None)
+    return {"cross_tokenizer": cross.summary()} if cross is not None else {}
 
 
 def _finish(cfg, p, stats: Stats, interrupted) -> int:
@@ -241,6 +252,9 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
     lines.append(files)
     if getattr(stats, "cuda_graphs", None) not in (None, "off (cpu)"):  # a GPU run says whether graphs ran
         lines.append(f"[qstar] cuda_graphs: {stats.cuda_graphs}")
+    cross = getattr(stats, "cross_tokenizer", None)
+    if cfg.cross_tokenizer:
+        lines.append(f"[qstar] cross-tokenizer mode: {cross or 'on'} (samples record carry_direct, noncanonical)")
     if stats.skipped:
         lines.append(f"[qstar] skipped rows and reasons: {p['skipped']}")
     if interrupted:
@@ -253,5 +267,6 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
             tokens_per_s=round(stats.tokens / el, 3), alpha_mean=alpha if stats.alpha_n else None, interrupted=bool(interrupted),
             skipped=dict(stats.skipped), backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
             threads=cfg.threads, batch_size=cfg.batch_size, cuda_graphs=getattr(stats, "cuda_graphs", None),
+            cross_tokenizer=(cross or True) if cfg.cross_tokenizer else None,
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             indent=1) + "\n")

@@ -25,16 +25,18 @@ IN_FLIGHT = 2   # chunks per replica: one running, one queued behind it (no idle
 MAX_TRIES = 3   # a chunk whose replica died this many times stops the run (it may be the cause)
 
 
-def driver_tokenizer(cfg):
-    """model_theta's tokenizer, as the replicas load it (engine.loading), without any weights."""
+def driver_tokenizer(cfg, side: str = "theta"):
+    """model_theta's tokenizer (side="t": model_t's, for --cross-tokenizer), as the replicas load it
+    (engine.loading), without any weights."""
     from transformers import AutoTokenizer
 
     from ...loading import resolve
 
+    spec = cfg.model_theta if side == "theta" else cfg.model_t
     try:
-        return AutoTokenizer.from_pretrained(resolve(cfg.model_theta))
+        return AutoTokenizer.from_pretrained(resolve(spec))
     except (OSError, ValueError) as e:
-        raise OSError(f"could not load model {cfg.model_theta!r}: {first_line(e)}. Give a local HF model dir, a "
+        raise OSError(f"could not load model {spec!r}: {first_line(e)}. Give a local HF model dir, a "
                       ".gguf file, or a hub name when the hub is reachable (with --ray: the same path on every "
                       "node)") from None
 
@@ -63,6 +65,8 @@ class RayEngine:
         self.pool = None
         try:
             self.tokenizer = driver_tokenizer(cfg)
+            # --cross-tokenizer: pi_t's prompts render with its own tokenizer
+            self.tokenizer_t = driver_tokenizer(cfg, "t") if cfg.cross_tokenizer else self.tokenizer
             self.pool = Pool(self.cluster, cfg, dict(vocab=vocab_fingerprint(self.tokenizer)), self._say)
             self.pool.start()
             self.max_pos = self.pool.want["max_pos"]  # what the replicas' engines admit prompts by

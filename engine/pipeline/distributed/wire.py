@@ -15,7 +15,8 @@ import numpy as np
 from ...outputs import RECORD_FIELDS, SampleOutput
 
 SCALARS = ("prompt_index", "sample_index", "key", "text", "finish_reason", "error",
-           "num_prompt_tokens_theta", "num_prompt_tokens_t", "draft_accept_rate")
+           "num_prompt_tokens_theta", "num_prompt_tokens_t", "draft_accept_rate", "carry_direct",
+           "noncanonical")
 
 
 def pack(outputs: list[SampleOutput | None]) -> dict:
