@@ -62,3 +62,24 @@ def pair(kind: str = "llama", **engine):
 
     return create_optimal_sampling_model(model_theta=model(kind, seed=1), model_t=model(kind, seed=2),
                                          tokenizer=tokenizer(), device="cpu", **engine)
+
+
+def save(root, models: dict) -> list[str]:
+    """Save each {name: model} under root/name with the tiny tokenizer (chat template included)."""
+    tok, out = tokenizer(), []
+    for name, m in models.items():
+        m.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out.append(str(root / name))
+    return out
+
+
+class Float64Pair:
+    """Both saved models reloaded in float64 (eval), for teacher-forced references."""
+
+    def __init__(self, path_theta: str, path_t: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.theta = AutoModelForCausalLM.from_pretrained(path_theta, dtype=torch.float64).eval()
+        self.t = AutoModelForCausalLM.from_pretrained(path_t, dtype=torch.float64).eval()

@@ -17,23 +17,12 @@ import tiny
 
 def save_pair(root: Path) -> tuple[str, str]:
     """llama pi_theta and qwen2 pi_t, each saved with the tiny tokenizer (chat template included)."""
-    tok = tiny.tokenizer()
-    out = []
-    for name, m in (("theta", tiny.model("llama", seed=1)), ("t", tiny.model("qwen2", seed=2))):
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        out.append(str(root / name))
-    return out[0], out[1]
+    theta, t = tiny.save(root, {"theta": tiny.model("llama", seed=1), "t": tiny.model("qwen2", seed=2)})
+    return theta, t
 
 
-class Reference:
+class Reference(tiny.Float64Pair):
     """float64 log_softmax rows of both models along a response (teacher forcing)."""
-
-    def __init__(self, path_theta: str, path_t: str):
-        from transformers import AutoModelForCausalLM
-
-        self.theta = AutoModelForCausalLM.from_pretrained(path_theta, dtype=torch.float64).eval()
-        self.t = AutoModelForCausalLM.from_pretrained(path_t, dtype=torch.float64).eval()
 
     @torch.no_grad()
     def behaviour_logprobs(self, ids, ids_t, tokens, alphas, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:

@@ -40,22 +40,12 @@ def save_pair(root: Path, extra_eos: bool = True) -> tuple[str, str]:
     t = _model("qwen2", 2, hidden=256, layers=3, heads=4, kv_heads=2, head_dim=64)
     if extra_eos:
         t.generation_config.eos_token_id = [tok.eos_token_id] + EXTRA_EOS
-    out = []
-    for name, m in (("theta", theta), ("t", t)):
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        out.append(str(root / name))
-    return out[0], out[1]
+    path_theta, path_t = tiny.save(root, {"theta": theta, "t": t})
+    return path_theta, path_t
 
 
-class Reference:
+class Reference(tiny.Float64Pair):
     """float64 log_softmax rows of both models along a sample (teacher forcing)."""
-
-    def __init__(self, path_theta: str, path_t: str):
-        from transformers import AutoModelForCausalLM
-
-        self.theta = AutoModelForCausalLM.from_pretrained(path_theta, dtype=torch.float64).eval()
-        self.t = AutoModelForCausalLM.from_pretrained(path_t, dtype=torch.float64).eval()
 
     @torch.no_grad()
     def rows(self, prompt_ids: list[int], token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,8 @@ class PairInfo:
     arch_theta: list[str]
     max_pos_theta: int
     max_pos_t: int
+    tokenizer_t: object = None  # one shared tokenizer: this backend refuses cross-tokenizer mode
+    cross: object = None
 
     @property
     def max_model_len(self) -> int:
