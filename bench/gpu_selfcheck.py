@@ -1,5 +1,7 @@
 """`qstar check` on the device: the exactness self-test of a tiny random pair (tests/tiny.py),
-with every mixture control on, per dtype. Prints each PASS/FAIL table, then one JSON line.
+with every mixture control on, per dtype; then in float32 speculative decoding (K = 4, draft t)
+and cross-tokenizer mode (a teacher on a second in-code tokenizer). Prints each PASS/FAIL table,
+then one JSON line.
 
     PYTHONPATH=. python -m bench.gpu_selfcheck [--out DIR] [--device cuda] [--draws 2000]
 
@@ -19,19 +21,31 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTROLS = dict(support="t_top_k:60,t_top_p:0.97", force_teacher="first,special")
 
 
-def pair_dirs(out: Path) -> tuple[str, str]:
+def pair_dirs(out: Path, vocab_t: int | None = None) -> tuple[str, str]:
+    """The tiny pair on disk; vocab_t: pi_t gets its own in-code tokenizer of that size."""
     sys.path.insert(0, str(ROOT / "tests"))
     import tiny
 
-    tok = tiny.tokenizer()
     dirs = []
-    for name, seed in (("theta", 1), ("t", 2)):
-        d = out / "pair" / name
+    for name, seed, vocab in (("theta", 1, None), ("t", 2, vocab_t)):
+        tok = tiny.tokenizer(vocab) if vocab else tiny.tokenizer()
+        d = out / ("pair" if vocab_t is None else f"pair-cross{vocab_t}") / name
         if not (d / "config.json").exists():
-            tiny.model(seed=seed).save_pretrained(d)
+            tiny.model(seed=seed, vocab=len(tok)).save_pretrained(d)
             tok.save_pretrained(d)
         dirs.append(str(d))
     return dirs[0], dirs[1]
+
+
+def variants(dtypes, out: Path):
+    """(dtype, name, pair dirs, mixture method, extra sampling, cross_tokenizer) per check."""
+    plain = pair_dirs(out)
+    for dtype in dtypes:
+        for method in ("kl_symmetry", "ess_balance", "reverse_kl_symmetry"):
+            yield dtype, method, plain, method, {}, False
+    if "float32" in dtypes:
+        yield "float32", "speculative=4,draft=t", plain, "kl_symmetry", dict(speculative=4, draft="t"), False
+        yield "float32", "cross_tokenizer", pair_dirs(out, vocab_t=300), "kl_symmetry", {}, True
 
 
 def main(argv=None) -> int:
@@ -46,19 +60,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    theta, t = pair_dirs(out)
     results = []
-    for dtype in args.dtypes:
-        for method in ("kl_symmetry", "ess_balance", "reverse_kl_symmetry"):
-            t0 = time.time()
-            rep = check(theta, t, mixture=MixtureConfig(alpha_method=method, alpha_min=0.05, **CONTROLS),
-                        sampling=dict(temperature=0.9, top_p=0.95), draws=args.draws, samples=2, max_new_tokens=16,
-                        device=args.device, dtype=dtype, batch_size=16, log=lambda m: None)
-            print(f"== {dtype} {method}", flush=True)
-            print(rep.table(), flush=True)
-            results.append(dict(dtype=dtype, method=method, passed=rep.passed, seconds=round(time.time() - t0, 1),
-                                failed=[r.name for r in rep.rows if not r.ok],
-                                rows=[dict(name=r.name, value=r.value, ok=r.ok) for r in rep.rows]))
+    for dtype, name, (theta, t), method, extra, cross in variants(args.dtypes, out):
+        t0 = time.time()
+        rep = check(theta, t, mixture=MixtureConfig(alpha_method=method, alpha_min=0.05, **CONTROLS),
+                    sampling=dict(temperature=0.9, top_p=0.95, **extra), draws=args.draws, samples=2,
+                    max_new_tokens=16, device=args.device, dtype=dtype, batch_size=16, cross_tokenizer=cross,
+                    log=lambda m: None)
+        print(f"== {dtype} {name}", flush=True)
+        print(rep.table(), flush=True)
+        results.append(dict(dtype=dtype, method=name, passed=rep.passed, seconds=round(time.time() - t0, 1),
+                            failed=[r.name for r in rep.rows if not r.ok],
+                            rows=[dict(name=r.name, value=r.value, ok=r.ok) for r in rep.rows]))
     with open(out / "gpu_selfcheck.json", "w") as f:
         json.dump(results, f, indent=1)
     ok = all(r["passed"] for r in results if r["dtype"] == "float32")

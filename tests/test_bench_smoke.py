@@ -42,7 +42,8 @@ def test_gpu_selfcheck_script_runs_on_cpu(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     last = json.loads(r.stdout.strip().splitlines()[-1])
-    assert last["correct"] and len(last["summary"]) == 3
+    assert last["correct"] and [m for _, m, _, _ in last["summary"]] == [
+        "kl_symmetry", "ess_balance", "reverse_kl_symmetry", "speculative=4,draft=t", "cross_tokenizer"]
 
 
 def test_cross_tokenizer_bench_runs_tiny():
