@@ -145,6 +145,11 @@ def test_pipeline_records_manifest_and_resume_guard(pair_dirs, tmp_path):
     assert run(pair_dirs, ds, out, "--speculative", 3) == 2  # another K samples differently: refused
     part = tmp_path / "p.jsonl"  # resumed in two sessions: the same samples
     assert run(pair_dirs, ds, part, "--speculative", 2, "--save-token-stats", "--num-samples", 1) == 0
+    manifest = tmp_path / "p.manifest.json"  # "auto" resolving to another side on resume: refused
+    good = manifest.read_text()
+    manifest.write_text(json.dumps(dict(json.loads(good), draft_resolved="t")))
+    assert run(pair_dirs, ds, part, "--speculative", 2, "--save-token-stats", "--batch-size", 1) == 2
+    manifest.write_text(good)
     assert run(pair_dirs, ds, part, "--speculative", 2, "--save-token-stats", "--batch-size", 1) == 0
     key = lambda r: (r["sample_idx"], r["n"])  # noqa: E731
     assert sorted(([key(r), r["token_ids"]] for r in lines(part)), key=str) == \

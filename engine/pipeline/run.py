@@ -153,13 +153,16 @@ def _generate(cfg: GenerateConfig, p, engine, reqs, meta, stats: Stats, skipped_
     hashed = cfg.hashed()
     cross = _cross_facts(engine)
 
+    drafted = {}
+    if cfg.speculative and hasattr(engine, "pair"):
+        from ..speculative import resolve_draft
+
+        drafted["draft_resolved"] = resolve_draft(engine.pair, cfg.draft)
+        store.check_resolved(p, drafted)  # the hash holds draft as given; the side "auto" chose is guarded here
+
     def graphs() -> dict:  # execution facts for the manifest
         out = {"cuda_graphs": engine.cuda_graphs} if hasattr(engine, "cuda_graphs") else {}
-        if cfg.speculative and hasattr(engine, "pair"):
-            from ..speculative import resolve_draft
-
-            out["draft_resolved"] = resolve_draft(engine.pair, cfg.draft)
-        return dict(out, **cross)
+        return dict(out, **drafted, **cross)
 
     out = store.Appender(p["output"], before_open=lambda: store.write_manifest(p, hashed, graphs()))
     diag = store.Appender(p["diagnostics"] if cfg.save_diagnostics else None)

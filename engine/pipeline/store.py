@@ -129,6 +129,23 @@ def _check_manifest(p: dict[str, Path], hashed: dict) -> None:
                           "Use the same settings to resume, --overwrite to start over, or another --output")
 
 
+def check_resolved(p: dict[str, Path], facts: dict) -> None:
+    """Settings resolved only once the models are loaded (speculative's draft="auto" -> the side
+    with fewer parameters): a resume must resolve them as the run it continues did."""
+    if not p["manifest"].exists():
+        return
+    try:
+        old = json.loads(p["manifest"].read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # prepare() has judged the manifest already
+    diff = {k: (old[k], v) for k, v in facts.items() if k in old and old[k] != v}
+    if diff:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ResumeError(f"{p['output']} was made with a different resolved setting ({shown}): the models at "
+                          "these paths changed size; pass --draft explicitly, --overwrite to start over, or "
+                          "another --output")
+
+
 def write_manifest(p: dict[str, Path], hashed: dict, extra: dict | None = None) -> None:
     """The resume guard; written (atomically) just before the run's first record lands.
     extra: execution facts outside the hash (e.g. cuda_graphs: "off (<reason>)")."""
