@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .ref_solve import MAX_ITERS, TOL
-from .triton_parts import lse_step, mix_logit
+from .triton_parts import lse_step, mix_logit, stats_init, stats_step
 from .types import METHODS, Mixture
 
 NSTAT = 12  # alpha, log_z, kl_theta, kl_t, ess_theta, ess_t, h_theta, h_t, h_q, residual, clamped, iters
@@ -168,30 +168,11 @@ def _solve(xp_ptr, xt_ptr, row, V, stride, lse_sp, lse_st, tol, max_iters,
 def _stats_pass(xp_ptr, xt_ptr, row, V, stride, lse_p, lse_t, a, BLOCK: tl.constexpr):
     """log Z, KL(q||pi_theta), KL(q||pi_t), H(q), ESS_theta, ESS_t at a (full support)."""
     offs = tl.arange(0, BLOCK)
-    ninf = tl.full([BLOCK], float("-inf"), tl.float32)
-    zero = tl.zeros([BLOCK], tl.float32)
-    izero = tl.zeros([BLOCK], tl.int32)
-    m, z, sxp, sxt, sx = ninf, zero, zero, zero, zero
-    ypm, ypz, ytm, ytz = ninf, zero, ninf, zero
-    infp, inft, e0p, e0t = izero, izero, izero, izero
+    m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t = stats_init(BLOCK)
     for start in range(0, V, BLOCK):
         xp, xt = _load(xp_ptr, xt_ptr, row, start + offs, V, stride)
-        lp = xp - lse_p
-        lt = xt - lse_t
-        fp = lp > float("-inf")
-        ft = lt > float("-inf")
-        x = mix_logit(a, lp, lt)
-        fx = x > float("-inf")
-        m, z, c, w = lse_step(m, z, x)
-        sxp = sxp * c + w * tl.where(fx & fp, x - lp, 0.0)
-        sxt = sxt * c + w * tl.where(fx & ft, x - lt, 0.0)
-        sx = sx * c + w * tl.where(fx, x, 0.0)
-        infp = infp | (fx & ~fp).to(tl.int32)
-        inft = inft | (fx & ~ft).to(tl.int32)
-        ypm, ypz, _c, _w = lse_step(ypm, ypz, tl.where(fp & fx, 2.0 * lp - x, float("-inf")))
-        ytm, ytz, _c, _w = lse_step(ytm, ytz, tl.where(ft & fx, 2.0 * lt - x, float("-inf")))
-        e0p = e0p | (fp & ~fx).to(tl.int32)
-        e0t = e0t | (ft & ~fx).to(tl.int32)
+        m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t = stats_step(
+            m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t, xp - lse_p, xt - lse_t, a)
     log_z, f = _lanes_lse(m, z)
     zs = tl.sum(z * f, 0)
     kl_p = tl.where(tl.max(infp, 0) > 0, float("inf"), tl.sum(sxp * f, 0) / zs - log_z)

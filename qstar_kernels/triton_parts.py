@@ -1,6 +1,6 @@
 """Building blocks of the fused Triton step, shared by triton_step.py (alpha solve, statistics)
-and triton_race.py (truncation, Gumbel race): online log-sum-exp, chunk reductions, the
-mixture logit with 0^0 = 1, paired row loads. Device functions only; no launches.
+and triton_race.py (truncation, Gumbel race), and triton_mix.py: online log-sum-exp, chunk
+reductions, the mixture logit with 0^0 = 1, paired row loads, the statistics accumulators. Device functions only; no launches.
 """
 from __future__ import annotations
 
@@ -58,6 +58,38 @@ def mix_logit(a, lp, lt):
     inner = tl.where(both, a * tl.where(both, lp, 0.0) + (1.0 - a) * tl.where(both, lt, 0.0),
                      float("-inf"))
     return tl.where(a == 1.0, lp, tl.where(a == 0.0, lt, inner))
+
+
+@triton.jit
+def stats_init(BLOCK: tl.constexpr):
+    """stats_step's 13 per-lane accumulators, empty: (m, z, sxp, sxt, sx) of q, (ypm, ypz),
+    (ytm, ytz) of the ESS sums, then the flags infp, inft, e0p, e0t."""
+    ninf = tl.full([BLOCK], float("-inf"), tl.float32)
+    zero = tl.zeros([BLOCK], tl.float32)
+    izero = tl.zeros([BLOCK], tl.int32)
+    return ninf, zero, zero, zero, zero, ninf, zero, ninf, zero, izero, izero, izero, izero
+
+
+@triton.jit
+def stats_step(m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t, lp, lt, a):
+    """Fold one tile of normalised log-probs (lp, lt) at weight a into the accumulators: log Z of
+    q, the sums behind KL(q||.) and H(q), the ESS sums log sum pi^2/q, and the flags of infinite
+    KL (q > 0 where a model is 0) and zero ESS (a model > 0 where q is 0)."""
+    fp = lp > float("-inf")
+    ft = lt > float("-inf")
+    x = mix_logit(a, lp, lt)
+    fx = x > float("-inf")
+    m, z, c, w = lse_step(m, z, x)
+    sxp = sxp * c + w * tl.where(fx & fp, x - lp, 0.0)
+    sxt = sxt * c + w * tl.where(fx & ft, x - lt, 0.0)
+    sx = sx * c + w * tl.where(fx, x, 0.0)
+    infp = infp | (fx & ~fp).to(tl.int32)
+    inft = inft | (fx & ~ft).to(tl.int32)
+    ypm, ypz, _c, _w = lse_step(ypm, ypz, tl.where(fp & fx, 2.0 * lp - x, float("-inf")))
+    ytm, ytz, _c, _w = lse_step(ytm, ytz, tl.where(ft & fx, 2.0 * lt - x, float("-inf")))
+    e0p = e0p | (fp & ~fx).to(tl.int32)
+    e0t = e0t | (ft & ~fx).to(tl.int32)
+    return m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t
 
 
 @triton.jit

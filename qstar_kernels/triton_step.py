@@ -27,7 +27,8 @@ import triton.language as tl
 from . import triton_race as R
 from .ref_sample import GUMBEL_SPAN
 from .ref_solve import MAX_ITERS, TOL
-from .triton_parts import chunk_vec, factors, load2, lse_step, merge_shift, mix_logit, shift_step
+from .triton_parts import (chunk_vec, factors, load2, lse_step, merge_shift, shift_step, stats_init,
+                           stats_step)
 from .types import METHODS
 
 NEWTON_LAUNCHES = 8   # split Newton evaluations launched per step; later ones run per row
@@ -348,30 +349,11 @@ def _stats_part(xp_ptr, xt_ptr, sp, st, rowc_ptr, fin_ptr, part_ptr, V, NS, METH
     lse_p, lse_t, lse_sp, lse_st = tl.load(rc + 0), tl.load(rc + 1), tl.load(rc + 2), tl.load(rc + 3)
     a = tl.load(fin_ptr + row * 6)
     offs = tl.arange(0, BLOCK)
-    ninf = tl.full([BLOCK], float("-inf"), tl.float32)
-    zero = tl.zeros([BLOCK], tl.float32)
-    izero = tl.zeros([BLOCK], tl.int32)
-    m, z, sxp, sxt, sx = ninf, zero, zero, zero, zero
-    ypm, ypz, ytm, ytz = ninf, zero, ninf, zero
-    infp, inft, e0p, e0t = izero, izero, izero, izero
+    m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t = stats_init(BLOCK)
     for t in range(0, CHUNK, BLOCK):
         xp, xt = load2(xp_ptr, xt_ptr, row, sp, st, ch * CHUNK + t + offs, V)
-        lp = xp - lse_p
-        lt = xt - lse_t
-        fp = lp > float("-inf")
-        ft = lt > float("-inf")
-        x = mix_logit(a, lp, lt)
-        fx = x > float("-inf")
-        m, z, c, w = lse_step(m, z, x)
-        sxp = sxp * c + w * tl.where(fx & fp, x - lp, 0.0)
-        sxt = sxt * c + w * tl.where(fx & ft, x - lt, 0.0)
-        sx = sx * c + w * tl.where(fx, x, 0.0)
-        infp = infp | (fx & ~fp).to(tl.int32)
-        inft = inft | (fx & ~ft).to(tl.int32)
-        ypm, ypz, _c, _w = lse_step(ypm, ypz, tl.where(fp & fx, 2.0 * lp - x, float("-inf")))
-        ytm, ytz, _c, _w = lse_step(ytm, ytz, tl.where(ft & fx, 2.0 * lt - x, float("-inf")))
-        e0p = e0p | (fp & ~fx).to(tl.int32)
-        e0t = e0t | (ft & ~fx).to(tl.int32)
+        m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t = stats_step(
+            m, z, sxp, sxt, sx, ypm, ypz, ytm, ytz, infp, inft, e0p, e0t, xp - lse_p, xt - lse_t, a)
     out = part_ptr + (row * NS + ch) * 18
     M, f = factors(m, 0)
     tl.store(out + 0, M)
