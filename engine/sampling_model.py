@@ -58,9 +58,6 @@ class OptimalSamplingModel:
                                 stop=stop or [], speculative=speculative, draft=draft)
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             raise ValueError("prompts must be a list of prompts (each a string or a message list)")
-        if self.pair.cross is not None and speculative:
-            raise ValueError(f"speculative={speculative} with cross_tokenizer=True: speculative rounds need both "
-                             "models on one tokenizer; drop one of the two")
         if self.pair.cross is not None and prompts_t is None and any(
                 isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
             raise ValueError("cross-tokenizer mode: a prompt given as token ids is theta's ids; pass prompts_t "

@@ -236,6 +236,11 @@ def test_samples_stop_on_the_teachers_eos(theta, t):
         assert o.logp_t[0] > -1e-3  # the teacher's EOS mass, carried
 
 
+def test_speculative_is_refused_in_the_mode():
+    with pytest.raises(ValueError, match="speculative=2 with cross_tokenizer=True"):
+        qm_for("tiny", "smol").generate(["hello"], max_new_tokens=4, speculative=2, draft="theta")
+
+
 def test_gate_points_to_cross_tokenizer_and_vllm_refuses():
     from engine import create_optimal_sampling_model
 

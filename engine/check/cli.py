@@ -46,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _options(ns: argparse.Namespace) -> dict:
-    from ..pipeline.config import GenerateConfig, check_sampling, mixture_config
+    from ..pipeline.config import GenerateConfig, check_modes, check_sampling, mixture_config
 
     defaults = {f: GenerateConfig.__dataclass_fields__[f].default for f in FLAG_FIELDS}
     v = {**defaults, **{k: getattr(ns, k) for k in FLAG_FIELDS if hasattr(ns, k)}}
@@ -59,8 +59,6 @@ def _options(ns: argparse.Namespace) -> dict:
                     speculative=v["speculative"])
     check_sampling(**sampling)  # names the flag and the value
     sampling["draft"] = v["draft"]
-    if v["speculative"] and v["backend"] == "vllm":
-        raise ValueError(f"--speculative {v['speculative']} needs --backend hf (the vllm backend has no speculative mode)")
     for name, low in (("draws", 1), ("samples", 1), ("max_new_tokens", 1)):
         if getattr(ns, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(ns, name)}")
@@ -68,12 +66,7 @@ def _options(ns: argparse.Namespace) -> dict:
         raise ValueError(f"--p-min must lie in (0, 1), got {ns.p_min}")
     if ns.tolerance is not None and not ns.tolerance > 0:
         raise ValueError(f"--tolerance must be > 0, got {ns.tolerance}")
-    if v["cross_tokenizer"] and v["speculative"]:
-        raise ValueError(f"--speculative {v['speculative']} with --cross-tokenizer: speculative rounds need both "
-                         "models on one tokenizer; drop one of the two")
-    if v["cross_tokenizer"] and v["backend"] != "hf":
-        raise ValueError(f"--cross-tokenizer needs --backend hf (the {v['backend']} backend runs both models on "
-                         "one token sequence)")
+    check_modes(backend=v["backend"], speculative=v["speculative"], cross_tokenizer=v["cross_tokenizer"])
     return dict(model_theta=v["model_theta"], model_t=v["model_t"], backend=v["backend"], mixture=mixture,
                 sampling=sampling, prompts=tuple(ns.prompts or PROMPTS), prompts_t=tuple(ns.prompts_t or ()),
                 draws=ns.draws, samples=ns.samples,

@@ -71,6 +71,19 @@ def check_sampling(*, temperature, top_k, top_p, min_p, seed, max_new_tokens=1, 
             raise ValueError(f"--stop must be a non-empty string, got {s!r}")
 
 
+def check_modes(*, backend: str, speculative: int, cross_tokenizer: bool) -> None:
+    """The modes that exclude each other, before anything loads (`qstar generate` and `qstar check`)."""
+    if speculative and backend == "vllm":
+        raise ValueError(f"--speculative {speculative} needs --backend hf (the vllm backend has no "
+                         "speculative mode); or drop --speculative")
+    if cross_tokenizer and backend != "hf":
+        raise ValueError(f"--cross-tokenizer needs --backend hf (the {backend} backend runs both models on "
+                         "one token sequence, so it cannot re-tokenize for the teacher)")
+    if cross_tokenizer and speculative:
+        raise ValueError(f"--speculative {speculative} with --cross-tokenizer: speculative rounds need both "
+                         "models on one tokenizer; drop one of the two")
+
+
 @dataclass
 class GenerateConfig:
     # models
@@ -176,19 +189,11 @@ class GenerateConfig:
         if self.num_samples is not None:
             _check_int("num_samples", self.num_samples, 1)
         self._check_sampling()
-        if self.speculative and self.backend == "vllm":
-            raise ValueError(f"--speculative {self.speculative} needs --backend hf (the vllm backend has no "
-                             "speculative mode); or drop --speculative")
+        check_modes(backend=self.backend, speculative=self.speculative, cross_tokenizer=self.cross_tokenizer)
         _check_int("batch_size", self.batch_size, 1)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
         self.mixture()  # the mixture options' own checks
-        if self.cross_tokenizer and self.backend != "hf":
-            raise ValueError(f"--cross-tokenizer needs --backend hf (the {self.backend} backend runs both models on "
-                             "one token sequence, so it cannot re-tokenize for the teacher)")
-        if self.cross_tokenizer and self.speculative:
-            raise ValueError(f"--speculative {self.speculative} with --cross-tokenizer: speculative rounds need both "
-                             "models on one tokenizer; drop one of the two")
         self._check_ray()
 
     def _check_sampling(self) -> None:

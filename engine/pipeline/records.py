@@ -62,6 +62,11 @@ def summary(o: SampleOutput) -> dict:
     return out
 
 
+def _drafted(o: SampleOutput) -> tuple:
+    """The per-token `drafted` array, on speculative runs only."""
+    return ("drafted",) if o.draft_accept_rate is not None else ()
+
+
 def _arrays(o: SampleOutput, names) -> dict:
     return {k: [int(v) for v in getattr(o, k)] if k in FLAGS else getattr(o, k) for k in names}
 
@@ -74,7 +79,7 @@ def record(o: SampleOutput, *, sample_idx: int, sample_id, prompt_theta, prompt_
     rec.update(sample_idx=sample_idx, n=o.sample_index, sample_id=sample_id, **originals, **summary(o))
     if token_stats:
         rec["token_ids"] = o.token_ids
-        rec.update(_arrays(o, TOKEN_ARRAYS + (("drafted",) if o.draft_accept_rate is not None else ())))
+        rec.update(_arrays(o, TOKEN_ARRAYS + _drafted(o)))
     return clean(rec)
 
 
@@ -83,5 +88,5 @@ def diagnostics(o: SampleOutput, *, sample_idx: int, sample_id, alpha_method: st
              **summary(o))
     if token_stats:
         d["token_ids"] = o.token_ids
-        d.update(_arrays(o, TOKEN_ARRAYS + ("ess_ratio",) + (("drafted",) if o.draft_accept_rate is not None else ())))
+        d.update(_arrays(o, TOKEN_ARRAYS + ("ess_ratio",) + _drafted(o)))
     return clean(d)
