@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from qstar_kernels import Sampled, Step
 from qstar_kernels.speculative import behaviour_mixture, draft, verify
 
 from .outputs import TOKEN_FIELDS
@@ -34,7 +35,7 @@ class SpeculativeRound:
     """Draft K tokens per row with model `side`, verify under b, emit 1..K+1 tokens per row."""
 
     def __init__(self, stepper, K: int, draft_side: str):
-        self.st, self.K, self.side_name = stepper, K, draft_side
+        self.st, self.K = stepper, K
         self.side = SIDES[draft_side]
         names = (stepper.pair.name_theta, stepper.pair.name_t)
         for runner, name in zip(stepper.runners, names):
@@ -98,9 +99,6 @@ class SpeculativeRound:
     @staticmethod
     def _values(m, v):
         """(B * (K+1), F + 1) recorded values at the round's tokens, from the same b computation."""
-        tok = v.tokens.reshape(-1, 1)
-        stats = m.row_stats()
-        got = {"logp_theta": m.logp_theta.gather(1, tok)[:, 0], "logp_t": m.logp_t.gather(1, tok)[:, 0],
-               "logq": m.logq.gather(1, tok)[:, 0], "logp_behavior": v.logp_behavior.reshape(-1)}
-        cols = [(got[f] if f in got else stats[f]).to(torch.float32) for f in TOKEN_FIELDS]
+        s = Step.from_parts(m, Sampled(v.tokens.reshape(-1), v.logp_behavior.reshape(-1)))
+        cols = [getattr(s, f).to(torch.float32) for f in TOKEN_FIELDS]
         return torch.stack(cols + [v.drafted.reshape(-1).to(torch.float32)], 1)

@@ -186,21 +186,22 @@ class Stepper:
         self.pos[0, rows] = p + 1
         t0 = time.perf_counter()
         live = [i for i, (_, new) in enumerate(feeds) if new]
-        lg_t = self.t_logits[rows]
+        every = len(live) == len(feeds)
+        lg_t = None if every else self.t_logits[rows]  # (a copy) rows without a feed keep their last row
         if live:
             T = max(len(feeds[i][1]) for i in live)
             dev = self.device
             toks = torch.tensor([feeds[i][1] + [0] * (T - len(feeds[i][1])) for i in live], device=dev)
             starts = torch.tensor([feeds[i][0] for i in live], device=dev)
             lens = torch.tensor([len(feeds[i][1]) for i in live], device=dev)
-            sub = rows[torch.tensor(live, device=dev)] if len(live) < len(feeds) else rows
+            idx = None if every else torch.tensor(live, device=dev)
             top = max(feeds[i][0] + len(feeds[i][1]) for i in live)
-            out = self.runners[1].extend(sub, toks, starts, lens, last_only=True, span=self.span(1, top - 1))
-            if len(live) < len(feeds):
-                lg_t = lg_t.clone()
-                lg_t[torch.tensor(live, device=dev)] = out.float()
-            else:
+            out = self.runners[1].extend(rows if every else rows[idx], toks, starts, lens, last_only=True,
+                                         span=self.span(1, top - 1))
+            if every:
                 lg_t = out
+            else:
+                lg_t[idx] = out.float()
         timing["extend"] += time.perf_counter() - t0
         return self.sample(rows, lg_theta, lg_t)
 

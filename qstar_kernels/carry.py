@@ -17,14 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def teacher_log_probs(logits_t: torch.Tensor, n_real: int) -> torch.Tensor:
-    """(B, Vt) fp32+ log_softmax over the teacher's first n_real columns (padding: −inf)."""
-    x = logits_t.float() if logits_t.dtype in (torch.float16, torch.bfloat16) else logits_t
-    if n_real < x.shape[-1]:
-        cols = torch.arange(x.shape[-1], device=x.device)
-        x = torch.where(cols < n_real, x, torch.full_like(x, float("-inf")))
-    return torch.log_softmax(x, -1)
+from .ref_mix import log_softmax_masked
 
 
 def carry_table(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +39,7 @@ def carry(logits_t: torch.Tensor, index: torch.Tensor, width: int, n_real: int |
     sum order free: results agree to ~1e-16 relative."""
     Vt = index.shape[0]
     n_real = Vt if n_real is None else min(n_real, Vt)
-    lt = teacher_log_probs(logits_t[:, :Vt], n_real)  # (B, Vt)
+    lt = log_softmax_masked(logits_t[:, :Vt], n_real)  # (B, Vt) fp32+, padding columns -inf
     top = lt.amax(-1, keepdim=True)  # (B, 1), finite: every row has real columns
     terms = torch.exp((lt - top).double())  # (B, Vt) in [0, 1]
     R = width if targets is None else targets.shape[0]
