@@ -33,6 +33,8 @@ class Stats:
     alpha_n: int = 0
     skipped: Counter = field(default_factory=Counter)
     t0: float = field(default_factory=time.perf_counter)
+    cuda_graphs: str | None = None      # "on (N graphs)" / "off (<reason>)"; None: not the hf engine
+    cross_tokenizer: dict | None = None  # cross-tokenizer mode's facts (rule, teacher tokenizer, window)
 
     def skip(self, log, reason: str, count: int, stage: str, **where) -> None:
         """Count `count` samples skipped for `reason` and list them in the skipped file.

@@ -253,9 +253,9 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
         lines.append(f"[qstar] {stats.tokens} tokens in {el:.1f} s = {stats.tokens / el:.1f} tok/s; "
                      f"mean alpha {alpha:.4f}")
     lines.append(files)
-    if getattr(stats, "cuda_graphs", None) not in (None, "off (cpu)"):  # a GPU run says whether graphs ran
+    if stats.cuda_graphs not in (None, "off (cpu)"):  # a GPU run says whether graphs ran
         lines.append(f"[qstar] cuda_graphs: {stats.cuda_graphs}")
-    cross = getattr(stats, "cross_tokenizer", None)
+    cross = stats.cross_tokenizer
     if cfg.cross_tokenizer:
         lines.append(f"[qstar] cross-tokenizer mode: {cross or 'on'} (samples record carry_direct, noncanonical)")
     if stats.skipped:
@@ -269,7 +269,7 @@ def _summary(cfg, p, stats: Stats, parquet, interrupted) -> None:
             samples=stats.done, samples_before=stats.done_before, tokens=stats.tokens, seconds=round(el, 3),
             tokens_per_s=round(stats.tokens / el, 3), alpha_mean=alpha if stats.alpha_n else None, interrupted=bool(interrupted),
             skipped=dict(stats.skipped), backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
-            threads=cfg.threads, batch_size=cfg.batch_size, cuda_graphs=getattr(stats, "cuda_graphs", None),
+            threads=cfg.threads, batch_size=cfg.batch_size, cuda_graphs=stats.cuda_graphs,
             cross_tokenizer=(cross or True) if cfg.cross_tokenizer else None,
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             indent=1) + "\n")
