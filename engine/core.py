@@ -82,6 +82,14 @@ class Engine:
         self.pair.runner_theta, self.pair.runner_t = self.stepper.runners
         return self.stepper
 
+    def release(self) -> bool:
+        """Drop the stepper (runners, KV caches, CUDA graphs); the next run builds them again.
+        True when there was one to drop."""
+        held = self.stepper is not None
+        self.stepper = self.limits = None
+        self.pair.runner_theta = self.pair.runner_t = None
+        return held
+
     @property
     def cuda_graphs(self) -> str:
         """'on (N graphs)' or 'off (<reason>)' (run summaries and manifests print it)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from verl.workers.rollout.replica import TokenOutput
 
+from ...config import SamplingParams
 from ...policy_weights import WeightsError
 from .settings import QStarRolloutSettings, rollout_key, token_budget
 
@@ -55,9 +56,8 @@ def sampling_tuple(sampling_params: dict, budget: int) -> tuple:
     temperature = float(sampling_params.get("temperature", 1.0))
     top_k = int(sampling_params.get("top_k", -1) or -1)
     top_p = float(sampling_params.get("top_p", 1.0))
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"bad sampling params: temperature={temperature} (>= 0), top_p={top_p} (in (0, 1])")
-    return budget, temperature, max(top_k, 0), top_p
+    p = SamplingParams(max_new_tokens=budget, temperature=temperature, top_k=max(top_k, 0), top_p=top_p)  # checks
+    return p.max_new_tokens, p.temperature, p.top_k, p.top_p
 
 
 class QStarServer:
@@ -199,13 +199,10 @@ class QStarServer:
         import torch
 
         async with self._lock:
-            engine = self.sampler.engine
-            held = getattr(engine, "stepper", None) is not None
             cuda = torch.cuda.is_available()
             before = torch.cuda.memory_allocated() if cuda else None
+            held = self.sampler.engine.release()
             if held:
-                engine.stepper, engine.limits = None, None
-                self.sampler.pair.runner_theta = self.sampler.pair.runner_t = None
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
@@ -245,6 +242,6 @@ class QStarServer:
         return {"profile": "not supported"}
 
     def _state(self) -> dict:
-        held = getattr(self.sampler.engine, "stepper", None) is not None
+        held = self.sampler.engine.stepper is not None
         return {"weights": "resident", "kv_cache": "allocated" if held else "built on the next generate",
                 "paused": self._paused, "global_steps": self.global_steps}
